@@ -1,0 +1,518 @@
+//! The WIT layer: converts between the `sigma:api-keys/service` world and
+//! [`crate::domain`], and moves HTTP bytes. No decisions are made here.
+
+use std::sync::OnceLock;
+
+use crate::domain::api::{
+    self, BodyError, BodySource, Caller, Outcome, Reply, RequestHead, Settings,
+};
+use crate::domain::error::{ApiError, ErrorCode};
+use crate::domain::jwt::MIN_SECRET_LEN;
+use crate::domain::keys::{self as lifecycle, KeyRecord, KeyStore, StoreError, Verified};
+use crate::domain::permission::Permission;
+use crate::domain::raw_key::KeyHash;
+use crate::domain::time::Millis;
+use crate::domain::upstream::{Scheme as UpstreamScheme, Upstream};
+
+wit_bindgen::generate!({
+    world: "service",
+    path: "../wit",
+    generate_all,
+});
+
+use exports::sigma::api_keys::{auth, keys};
+use sigma::api_keys::{request_log, store, types as wit};
+use wasi::http::types::{
+    ErrorCode as HttpErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody,
+    OutgoingRequest, OutgoingResponse, RequestOptions, ResponseOutparam, Scheme,
+};
+use wasi::io::streams::{InputStream, OutputStream, StreamError};
+
+struct Component;
+
+export!(Component);
+
+// ---- conversions -------------------------------------------------------
+
+fn permission_to_wit(p: Permission) -> wit::Permission {
+    match p {
+        Permission::Read => wit::Permission::Read,
+        Permission::UpdateData => wit::Permission::UpdateData,
+        Permission::DeleteData => wit::Permission::DeleteData,
+        Permission::UpdateModel => wit::Permission::UpdateModel,
+        Permission::DeleteModel => wit::Permission::DeleteModel,
+    }
+}
+
+fn permission_from_wit(p: wit::Permission) -> Permission {
+    match p {
+        wit::Permission::Read => Permission::Read,
+        wit::Permission::UpdateData => Permission::UpdateData,
+        wit::Permission::DeleteData => Permission::DeleteData,
+        wit::Permission::UpdateModel => Permission::UpdateModel,
+        wit::Permission::DeleteModel => Permission::DeleteModel,
+    }
+}
+
+fn record_to_wit(r: &KeyRecord) -> wit::KeyRecord {
+    wit::KeyRecord {
+        id: r.id.clone(),
+        tenant: r.tenant.clone(),
+        name: r.name.clone(),
+        permissions: r
+            .permissions
+            .iter()
+            .copied()
+            .map(permission_to_wit)
+            .collect(),
+        created_at: r.created_at,
+        last_used_at: r.last_used_at,
+        deactivated_at: r.deactivated_at,
+    }
+}
+
+fn record_from_wit(r: wit::KeyRecord) -> KeyRecord {
+    let mut permissions: Vec<Permission> =
+        r.permissions.into_iter().map(permission_from_wit).collect();
+    permissions.sort();
+    permissions.dedup();
+    KeyRecord {
+        id: r.id,
+        tenant: r.tenant,
+        name: r.name,
+        permissions,
+        created_at: r.created_at,
+        last_used_at: r.last_used_at,
+        deactivated_at: r.deactivated_at,
+    }
+}
+
+fn error_to_wit(e: ApiError) -> wit::Error {
+    let code = match e.code {
+        ErrorCode::InvalidRequest | ErrorCode::InvalidJson => wit::ErrorCode::InvalidRequest,
+        ErrorCode::NotFound => wit::ErrorCode::NotFound,
+        ErrorCode::InvalidApiKey => wit::ErrorCode::InvalidApiKey,
+        ErrorCode::ApiKeyDeactivated => wit::ErrorCode::ApiKeyDeactivated,
+        ErrorCode::InsufficientPermission => wit::ErrorCode::InsufficientPermission,
+        ErrorCode::UnknownResource => wit::ErrorCode::UnknownResource,
+        ErrorCode::MethodNotAllowed => wit::ErrorCode::MethodNotAllowed,
+        _ => wit::ErrorCode::Internal,
+    };
+    wit::Error {
+        code,
+        message: e.message,
+    }
+}
+
+fn store_error(e: store::StoreError) -> StoreError {
+    match e {
+        store::StoreError::Conflict => StoreError::Conflict,
+        store::StoreError::Unavailable(why) => StoreError::Unavailable(why),
+    }
+}
+
+/// The host's `sigma:api-keys/store`, as the domain's [`KeyStore`].
+struct HostStore;
+
+impl KeyStore for HostStore {
+    fn insert(&self, key: &KeyRecord, hash: &KeyHash) -> Result<(), StoreError> {
+        store::insert(&record_to_wit(key), &hash.0).map_err(store_error)
+    }
+    fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(store::find_by_hash(&hash.0)
+            .map_err(store_error)?
+            .map(record_from_wit))
+    }
+    fn list(&self, tenant: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(store::list(tenant)
+            .map_err(store_error)?
+            .into_iter()
+            .map(record_from_wit)
+            .collect())
+    }
+    fn deactivate(
+        &self,
+        tenant: &str,
+        id: &str,
+        at: Millis,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(store::deactivate(tenant, id, at)
+            .map_err(store_error)?
+            .map(record_from_wit))
+    }
+    fn remove(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        store::remove(tenant, id).map_err(store_error)
+    }
+    fn record_use(&self, id: &str, at: Millis) -> Result<(), StoreError> {
+        store::record_use(id, at).map_err(store_error)
+    }
+}
+
+fn verified_to_wit(v: Verified) -> auth::Verified {
+    auth::Verified {
+        key_id: v.key.id,
+        tenant: v.key.tenant,
+        permissions: v
+            .key
+            .permissions
+            .into_iter()
+            .map(permission_to_wit)
+            .collect(),
+        permission: permission_to_wit(v.permission),
+    }
+}
+
+// ---- typed exports -----------------------------------------------------
+
+impl keys::Guest for Component {
+    fn list(tenant: String) -> Result<Vec<wit::KeyRecord>, wit::Error> {
+        lifecycle::list(&HostStore, &tenant)
+            .map(|list| list.iter().map(record_to_wit).collect())
+            .map_err(error_to_wit)
+    }
+
+    fn create(
+        tenant: String,
+        name: String,
+        permissions: Vec<wit::Permission>,
+    ) -> Result<wit::CreatedKey, wit::Error> {
+        let permissions: Vec<Permission> =
+            permissions.into_iter().map(permission_from_wit).collect();
+        let (record, raw) =
+            lifecycle::create(&HostStore, &tenant, &name, &permissions).map_err(error_to_wit)?;
+        Ok(wit::CreatedKey {
+            key: record_to_wit(&record),
+            raw_key: raw.expose().to_owned(),
+        })
+    }
+
+    fn deactivate(tenant: String, id: String) -> Result<wit::KeyRecord, wit::Error> {
+        lifecycle::deactivate(&HostStore, &tenant, &id)
+            .map(|r| record_to_wit(&r))
+            .map_err(error_to_wit)
+    }
+
+    fn delete(tenant: String, id: String) -> Result<(), wit::Error> {
+        lifecycle::delete(&HostStore, &tenant, &id).map_err(error_to_wit)
+    }
+}
+
+impl auth::Guest for Component {
+    fn verify(raw_key: String, permission: wit::Permission) -> Result<auth::Verified, wit::Error> {
+        lifecycle::verify(&HostStore, &raw_key, permission_from_wit(permission))
+            .map(verified_to_wit)
+            .map_err(error_to_wit)
+    }
+
+    fn authorize(
+        raw_key: String,
+        method: String,
+        path: String,
+    ) -> Result<auth::Verified, wit::Error> {
+        lifecycle::authorize(&HostStore, &raw_key, &method, &path)
+            .map(verified_to_wit)
+            .map_err(error_to_wit)
+    }
+
+    fn required_permission(method: String, path: String) -> Result<wit::Permission, wit::Error> {
+        lifecycle::required_permission(&method, &path)
+            .map(permission_to_wit)
+            .map_err(error_to_wit)
+    }
+}
+
+// ---- wasi:http ---------------------------------------------------------
+
+/// Configuration from `wasi:config/store`, read once per instance.
+fn settings() -> &'static Settings {
+    static SETTINGS: OnceLock<Settings> = OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        let get = |key: &str| wasi::config::store::get(key).ok().flatten().filter(|v| !v.is_empty());
+        let jwt_secret = get("jwt-secret").map(String::into_bytes).filter(|s| {
+            let long_enough = s.len() >= MIN_SECRET_LEN;
+            if !long_enough {
+                eprintln!("sigma-keys component: jwt-secret is shorter than {MIN_SECRET_LEN} bytes; Bearer tokens are refused");
+            }
+            long_enough
+        });
+        let upstream = get("upstream").and_then(|url| match Upstream::parse(&url) {
+            Ok(u) => Some(u),
+            Err(why) => {
+                eprintln!("sigma-keys component: ignoring upstream: {why}");
+                None
+            }
+        });
+        Settings { jwt_secret, upstream }
+    })
+}
+
+fn method_name(m: &Method) -> String {
+    match m {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Other(s) => s.clone(),
+    }
+}
+
+/// The request body, consumed on first use.
+struct RequestBody<'a> {
+    request: &'a IncomingRequest,
+}
+
+impl BodySource for RequestBody<'_> {
+    fn read_limited(&mut self, limit: usize) -> Result<Vec<u8>, BodyError> {
+        let body = self
+            .request
+            .consume()
+            .map_err(|()| BodyError::Failed("already read".into()))?;
+        let stream = body
+            .stream()
+            .map_err(|()| BodyError::Failed("no body stream".into()))?;
+        let mut out = Vec::new();
+        loop {
+            match stream.blocking_read(16 * 1024) {
+                Ok(chunk) => {
+                    if out.len() + chunk.len() > limit {
+                        return Err(BodyError::TooLarge);
+                    }
+                    out.extend_from_slice(&chunk);
+                }
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(BodyError::Failed(e.to_debug_string()));
+                }
+            }
+        }
+        drop(stream);
+        let _trailers = IncomingBody::finish(body);
+        Ok(out)
+    }
+}
+
+impl exports::wasi::http::incoming_handler::Guest for Component {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let method = method_name(&request.method());
+        let path = request.path_with_query().unwrap_or_else(|| "/".into());
+        let headers = request.headers().entries();
+        let head = RequestHead {
+            method: &method,
+            path_with_query: &path,
+            headers: &headers,
+        };
+        let mut caller = Caller::default();
+        let outcome = api::handle(
+            &HostStore,
+            settings(),
+            &head,
+            &mut RequestBody { request: &request },
+            &mut caller,
+        );
+        request_log::identify(
+            caller.tenant.as_deref(),
+            caller.key_id.as_deref(),
+            caller.subject.as_deref(),
+        );
+        match outcome {
+            Outcome::Reply(reply) => send_reply(out, &reply),
+            Outcome::Forward(plan) => forward(&request, &method, plan, out),
+        }
+    }
+}
+
+fn send_reply(out: ResponseOutparam, reply: &Reply) {
+    let body = serde_json::to_vec(&reply.body).unwrap_or_default();
+    let mut headers: Vec<(String, Vec<u8>)> = vec![
+        ("content-type".into(), b"application/json".to_vec()),
+        ("content-length".into(), body.len().to_string().into_bytes()),
+    ];
+    headers.extend(
+        reply
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone().into_bytes())),
+    );
+    let Ok(fields) = Fields::from_list(&headers) else {
+        ResponseOutparam::set(
+            out,
+            Err(HttpErrorCode::InternalError(Some(
+                "bad reply headers".into(),
+            ))),
+        );
+        return;
+    };
+    let response = OutgoingResponse::new(fields);
+    let _ = response.set_status_code(reply.status);
+    let Ok(out_body) = response.body() else {
+        ResponseOutparam::set(out, Err(HttpErrorCode::InternalError(None)));
+        return;
+    };
+    ResponseOutparam::set(out, Ok(response));
+    if let Ok(stream) = out_body.write() {
+        for chunk in body.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                break;
+            }
+        }
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(out_body, None);
+}
+
+/// Upstream timeouts, in nanoseconds.
+const CONNECT_TIMEOUT_NS: u64 = 10_000_000_000;
+const FIRST_BYTE_TIMEOUT_NS: u64 = 60_000_000_000;
+const BETWEEN_BYTES_TIMEOUT_NS: u64 = 60_000_000_000;
+
+fn wasi_method(name: &str) -> Method {
+    match name {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "PATCH" => Method::Patch,
+        other => Method::Other(other.into()),
+    }
+}
+
+fn upstream_error(e: &HttpErrorCode) -> ApiError {
+    eprintln!("sigma-keys component: upstream request failed: {e:?}");
+    match e {
+        HttpErrorCode::ConnectionTimeout
+        | HttpErrorCode::ConnectionReadTimeout
+        | HttpErrorCode::HttpResponseTimeout => ApiError::new(
+            ErrorCode::UpstreamTimeout,
+            "The upstream did not answer in time. Retry later.",
+        ),
+        _ => ApiError::new(
+            ErrorCode::UpstreamUnavailable,
+            "The upstream could not be reached. Retry later.",
+        ),
+    }
+}
+
+fn reply_error(out: ResponseOutparam, e: &ApiError) {
+    send_reply(
+        out,
+        &Reply {
+            status: e.code.status(),
+            headers: vec![],
+            body: e.to_json(),
+        },
+    );
+}
+
+/// Copies `input` to `output` until the input ends. False if either side failed.
+fn pump(input: &InputStream, output: &OutputStream) -> bool {
+    loop {
+        match output.blocking_splice(input, 64 * 1024) {
+            Ok(_) => {}
+            Err(StreamError::Closed) => return output.blocking_flush().is_ok(),
+            Err(StreamError::LastOperationFailed(_)) => return false,
+        }
+    }
+}
+
+fn forward(request: &IncomingRequest, method: &str, plan: api::Forward, out: ResponseOutparam) {
+    let Ok(fields) = Fields::from_list(&plan.headers) else {
+        reply_error(
+            out,
+            &ApiError::invalid_request("the request has a header that cannot be forwarded"),
+        );
+        return;
+    };
+    let upstream_request = OutgoingRequest::new(fields);
+    let scheme = match plan.upstream.scheme {
+        UpstreamScheme::Http => Scheme::Http,
+        UpstreamScheme::Https => Scheme::Https,
+    };
+    let configured = upstream_request.set_method(&wasi_method(method)).is_ok()
+        && upstream_request.set_scheme(Some(&scheme)).is_ok()
+        && upstream_request
+            .set_authority(Some(&plan.upstream.authority))
+            .is_ok()
+        && upstream_request
+            .set_path_with_query(Some(&plan.path_with_query))
+            .is_ok();
+    if !configured {
+        reply_error(
+            out,
+            &ApiError::internal("could not build the upstream request"),
+        );
+        return;
+    }
+    let Ok(upstream_body) = upstream_request.body() else {
+        reply_error(out, &ApiError::internal("no upstream request body"));
+        return;
+    };
+    let options = RequestOptions::new();
+    let _ = options.set_connect_timeout(Some(CONNECT_TIMEOUT_NS));
+    let _ = options.set_first_byte_timeout(Some(FIRST_BYTE_TIMEOUT_NS));
+    let _ = options.set_between_bytes_timeout(Some(BETWEEN_BYTES_TIMEOUT_NS));
+    let pending = match wasi::http::outgoing_handler::handle(upstream_request, Some(options)) {
+        Ok(p) => p,
+        Err(e) => return reply_error(out, &upstream_error(&e)),
+    };
+
+    // Stream the client's body to the upstream as it arrives.
+    if let Ok(client_body) = request.consume() {
+        if let (Ok(input), Ok(output)) = (client_body.stream(), upstream_body.write()) {
+            pump(&input, &output);
+        }
+        let _ = IncomingBody::finish(client_body);
+    }
+    let _ = OutgoingBody::finish(upstream_body, None);
+
+    let response = loop {
+        if let Some(result) = pending.get() {
+            break result;
+        }
+        pending.subscribe().block();
+    };
+    let response = match response {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return reply_error(out, &upstream_error(&e)),
+        Err(()) => return reply_error(out, &ApiError::internal("upstream response taken twice")),
+    };
+
+    let status = response.status();
+    let mut headers = api::end_to_end_headers(&response.headers().entries());
+    if method == "HEAD" || status == 204 || status == 304 {
+        // No body follows, so a length would not match what we write.
+        headers.retain(|(n, _)| n != "content-length");
+    }
+    let Ok(fields) = Fields::from_list(&headers) else {
+        return reply_error(
+            out,
+            &ApiError::new(
+                ErrorCode::UpstreamUnavailable,
+                "The upstream sent headers that cannot be passed on.",
+            ),
+        );
+    };
+    let client_response = OutgoingResponse::new(fields);
+    let _ = client_response.set_status_code(status);
+    let Ok(client_body) = client_response.body() else {
+        return reply_error(out, &ApiError::internal("no response body"));
+    };
+    let Ok(upstream_body) = response.consume() else {
+        return reply_error(out, &ApiError::internal("upstream body taken twice"));
+    };
+    ResponseOutparam::set(out, Ok(client_response));
+    let complete = match (upstream_body.stream(), client_body.write()) {
+        (Ok(input), Ok(output)) => pump(&input, &output),
+        _ => false,
+    };
+    if complete {
+        let _ = OutgoingBody::finish(client_body, None);
+    } else {
+        eprintln!("sigma-keys component: upstream response body was cut short");
+    }
+}

@@ -1,0 +1,550 @@
+//! The REST API as plain Rust: from a request head (and a bounded body, when
+//! an endpoint needs one) to a JSON reply or a plan to forward upstream. The
+//! `wasi:http` layer only moves bytes.
+
+use serde_json::{Map, Value, json};
+
+use super::error::{ApiError, ErrorCode};
+use super::jwt::{self, Principal};
+use super::keys::{self, KeyStore, Verified};
+use super::permission::Permission;
+use super::routes::{API_BASE, METHODS};
+use super::upstream::Upstream;
+
+/// Largest management request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The header that carries a raw key.
+pub const API_KEY_HEADER: &str = "x-sigma-apikey";
+/// Identity headers we set for the upstream; never trusted from clients.
+pub const IDENTITY_HEADERS: [&str; 4] = [
+    "x-sigma-tenant",
+    "x-sigma-key-id",
+    "x-sigma-permission",
+    "x-sigma-subject",
+];
+/// Hop-by-hop headers (RFC 9110 7.6.1 plus common legacy ones) and `host`,
+/// which a proxy must not pass on.
+pub const HOP_BY_HOP: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "host",
+];
+
+/// Header names are lower-case; values are raw bytes.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// What the component knows of its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub jwt_secret: Option<Vec<u8>>,
+    pub upstream: Option<Upstream>,
+}
+
+/// The parts of a request the API decides on.
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// Path and query as the client sent them.
+    pub path_with_query: &'a str,
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+impl RequestHead<'_> {
+    fn path(&self) -> &str {
+        self.path_with_query
+            .split_once('?')
+            .map_or(self.path_with_query, |(p, _)| p)
+    }
+
+    fn values(&self, name: &str) -> impl Iterator<Item = &[u8]> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    Failed(String),
+}
+
+/// A request body, read only when an endpoint needs it.
+pub trait BodySource {
+    /// The whole body, or `TooLarge` as soon as it passes `limit` bytes.
+    fn read_limited(&mut self, limit: usize) -> Result<Vec<u8>, BodyError>;
+}
+
+/// Who made a request, for the host's request log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: Option<String>,
+    pub key_id: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// A complete JSON response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+/// A request to pass on to the upstream.
+#[derive(Debug)]
+pub struct Forward {
+    pub upstream: Upstream,
+    pub path_with_query: String,
+    pub headers: Headers,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    Forward(Forward),
+}
+
+fn reply(status: u16, body: Value) -> Reply {
+    Reply {
+        status,
+        headers: vec![("cache-control".into(), "no-store".into())],
+        body,
+    }
+}
+
+fn error_reply(e: &ApiError) -> Reply {
+    let mut r = reply(e.code.status(), e.to_json());
+    match e.code {
+        ErrorCode::Unauthenticated | ErrorCode::InvalidToken => {
+            r.headers.push(("www-authenticate".into(), "Bearer".into()));
+        }
+        ErrorCode::MethodNotAllowed => {
+            // Resource 405s carry the resource methods; management ones set their own.
+            let methods: Vec<&str> = METHODS.iter().map(|(m, _)| *m).collect();
+            r.headers.push(("allow".into(), methods.join(", ")));
+        }
+        _ => {}
+    }
+    r
+}
+
+fn method_not_allowed(allow: &str) -> Reply {
+    let e = ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("This endpoint accepts only {allow}."),
+    );
+    let mut r = reply(405, e.to_json());
+    r.headers.push(("allow".into(), allow.into()));
+    r
+}
+
+/// The management endpoints, by path shape.
+enum Management<'a> {
+    Collection,
+    Verify,
+    Deactivate(&'a str),
+    Key(&'a str),
+}
+
+fn management_route(path: &str) -> Option<Management<'_>> {
+    let rest = path.strip_prefix(API_BASE)?.strip_prefix("/api-keys")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Some(Management::Collection);
+    }
+    let rest = rest.strip_prefix('/')?;
+    match rest.split('/').collect::<Vec<_>>().as_slice() {
+        ["verify"] => Some(Management::Verify),
+        [id, "deactivate"] if !id.is_empty() => Some(Management::Deactivate(id)),
+        [id] if !id.is_empty() => Some(Management::Key(id)),
+        _ => None,
+    }
+}
+
+/// Handles one request. `caller` is filled in as soon as the caller is known.
+pub fn handle(
+    store: &dyn KeyStore,
+    settings: &Settings,
+    head: &RequestHead<'_>,
+    body: &mut dyn BodySource,
+    caller: &mut Caller,
+) -> Outcome {
+    match route(store, settings, head, body, caller) {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::Reply(error_reply(&e)),
+    }
+}
+
+fn route(
+    store: &dyn KeyStore,
+    settings: &Settings,
+    head: &RequestHead<'_>,
+    body: &mut dyn BodySource,
+    caller: &mut Caller,
+) -> Result<Outcome, ApiError> {
+    let path = head.path();
+    if let Some(endpoint) = management_route(path) {
+        return management(store, settings, head, endpoint, body, caller).map(Outcome::Reply);
+    }
+    resource(store, settings, head, caller)
+}
+
+/// The credential a request carries.
+enum Credential<'a> {
+    None,
+    ApiKey(&'a str),
+    Bearer(&'a str),
+}
+
+fn credential<'h>(head: &'h RequestHead<'_>) -> Result<Credential<'h>, ApiError> {
+    let keys: Vec<&[u8]> = head.values(API_KEY_HEADER).collect();
+    let auths: Vec<&[u8]> = head.values("authorization").collect();
+    if !keys.is_empty() && !auths.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::AmbiguousCredentials,
+            "Send either an X-Sigma-ApiKey header or an Authorization header, not both.",
+        ));
+    }
+    if keys.len() > 1 || auths.len() > 1 {
+        return Err(ApiError::new(
+            ErrorCode::AmbiguousCredentials,
+            "Send exactly one credential header.",
+        ));
+    }
+    if let Some(key) = keys.first() {
+        // A non-UTF-8 key is simply not a key; the format check refuses it.
+        return Ok(Credential::ApiKey(std::str::from_utf8(key).unwrap_or("")));
+    }
+    if let Some(auth) = auths.first() {
+        let auth = std::str::from_utf8(auth).unwrap_or("");
+        let (scheme, token) = auth.split_once(' ').unwrap_or((auth, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidToken,
+                "The Authorization header must be `Bearer <token>`.",
+            ));
+        }
+        return Ok(Credential::Bearer(token.trim()));
+    }
+    Ok(Credential::None)
+}
+
+fn bearer(settings: &Settings, token: &str) -> Result<Principal, ApiError> {
+    let Some(secret) = settings.jwt_secret.as_deref() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidToken,
+            "This server has no JWT secret configured, so it accepts no Bearer token.",
+        ));
+    };
+    jwt::verify(token, secret)
+}
+
+fn management(
+    store: &dyn KeyStore,
+    settings: &Settings,
+    head: &RequestHead<'_>,
+    endpoint: Management<'_>,
+    body: &mut dyn BodySource,
+    caller: &mut Caller,
+) -> Result<Reply, ApiError> {
+    if let Management::Verify = endpoint {
+        // The raw key in the body is the credential.
+        if head.method != "POST" {
+            return Ok(method_not_allowed("POST"));
+        }
+        let request = read_json(head, body)?;
+        return verify_endpoint(store, &request, caller);
+    }
+    let principal = match credential(head)? {
+        Credential::None => {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "Send a Bearer token in the Authorization header to manage API keys.",
+            ));
+        }
+        Credential::ApiKey(_) => {
+            return Err(ApiError::new(
+                ErrorCode::ApiKeyNotAllowed,
+                "API keys cannot manage API keys. Use a Bearer token.",
+            ));
+        }
+        Credential::Bearer(token) => bearer(settings, token)?,
+    };
+    caller.tenant = Some(principal.tenant.clone());
+    caller.subject = principal.subject.clone();
+    let tenant = principal.tenant.as_str();
+    match (endpoint, head.method) {
+        (Management::Collection, "GET") => {
+            let list: Vec<Value> = keys::list(store, tenant)?
+                .iter()
+                .map(|k| k.to_json())
+                .collect();
+            Ok(reply(200, Value::Array(list)))
+        }
+        (Management::Collection, "POST") => {
+            let request = read_json(head, body)?;
+            let (name, permissions) = parse_create(&request)?;
+            let (record, raw) = keys::create(store, tenant, &name, &permissions)?;
+            caller.key_id = Some(record.id.clone());
+            Ok(reply(201, record.to_created_json(&raw)))
+        }
+        (Management::Collection, _) => Ok(method_not_allowed("GET, POST")),
+        (Management::Deactivate(id), "POST") => {
+            caller.key_id = Some(id.to_owned());
+            Ok(reply(200, keys::deactivate(store, tenant, id)?.to_json()))
+        }
+        (Management::Deactivate(_), _) => Ok(method_not_allowed("POST")),
+        (Management::Key(id), "DELETE") => {
+            caller.key_id = Some(id.to_owned());
+            keys::delete(store, tenant, id)?;
+            Ok(reply(200, json!({"deleted": true})))
+        }
+        (Management::Key(_), _) => Ok(method_not_allowed("DELETE")),
+        (Management::Verify, _) => Ok(method_not_allowed("POST")),
+    }
+}
+
+fn read_json(
+    head: &RequestHead<'_>,
+    body: &mut dyn BodySource,
+) -> Result<Map<String, Value>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
+        )
+    };
+    let declared = head
+        .values("content-length")
+        .next()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let bytes = body.read_limited(MAX_BODY_BYTES).map_err(|e| match e {
+        BodyError::TooLarge => too_large(),
+        BodyError::Failed(why) => {
+            ApiError::invalid_request(format!("the request body could not be read: {why}"))
+        }
+    })?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("The request body is not valid JSON ({e}). Send a JSON object."),
+        )
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid_request(
+            "the request body must be a JSON object",
+        )),
+    }
+}
+
+fn reject_unknown_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::invalid_request(format!(
+            "unknown field \"{}\"; allowed fields are {}",
+            k.chars().take(64).collect::<String>(),
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn string_field<'m>(map: &'m Map<String, Value>, field: &str) -> Result<Option<&'m str>, ApiError> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid_request(format!(
+            "{field} must be a string"
+        ))),
+    }
+}
+
+fn parse_create(map: &Map<String, Value>) -> Result<(String, Vec<Permission>), ApiError> {
+    reject_unknown_fields(map, &["name", "permissions"])?;
+    let name =
+        string_field(map, "name")?.ok_or_else(|| ApiError::invalid_request("name is required"))?;
+    let name = keys::check_name(name)?;
+    let list = match map.get("permissions") {
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "permissions must be an array of strings",
+            ));
+        }
+        None => return Err(ApiError::invalid_request("permissions is required")),
+    };
+    let mut permissions = Vec::with_capacity(list.len());
+    for item in list {
+        let Value::String(s) = item else {
+            return Err(ApiError::invalid_request(
+                "permissions must contain only strings",
+            ));
+        };
+        let p = Permission::parse(s).ok_or_else(|| {
+            ApiError::invalid_request(format!(
+                "permissions contains \"{}\", which is not one of: {}",
+                s.chars().take(64).collect::<String>(),
+                Permission::names()
+            ))
+        })?;
+        permissions.push(p);
+    }
+    let permissions = keys::check_permissions(&permissions)?;
+    Ok((name, permissions))
+}
+
+fn verify_endpoint(
+    store: &dyn KeyStore,
+    map: &Map<String, Value>,
+    caller: &mut Caller,
+) -> Result<Reply, ApiError> {
+    reject_unknown_fields(map, &["key", "permission", "method", "path"])?;
+    let key =
+        string_field(map, "key")?.ok_or_else(|| ApiError::invalid_request("key is required"))?;
+    let permission = string_field(map, "permission")?;
+    let method = string_field(map, "method")?;
+    let path = string_field(map, "path")?;
+    let result = match (permission, method, path) {
+        (Some(p), None, None) => {
+            let p = Permission::parse(p).ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "permission must be one of: {}",
+                    Permission::names()
+                ))
+            })?;
+            keys::verify(store, key, p)
+        }
+        (None, Some(m), Some(p)) => {
+            if !METHODS.iter().any(|(name, _)| *name == m) {
+                let names: Vec<&str> = METHODS.iter().map(|(n, _)| *n).collect();
+                return Err(ApiError::invalid_request(format!(
+                    "method must be one of: {}",
+                    names.join(", ")
+                )));
+            }
+            keys::authorize(store, key, m, p)
+        }
+        (Some(_), _, _) => {
+            return Err(ApiError::invalid_request(
+                "send either permission, or method and path, not both",
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid_request(
+                "send key with either permission, or method and path",
+            ));
+        }
+    };
+    match result {
+        Ok(verified) => {
+            note_key(caller, &verified);
+            Ok(reply(200, verified.to_json()))
+        }
+        Err(e) if e.code == ErrorCode::Internal => Err(e),
+        Err(e) => Ok(reply(200, json!({"valid": false, "code": e.code.name()}))),
+    }
+}
+
+fn note_key(caller: &mut Caller, verified: &Verified) {
+    caller.tenant = Some(verified.key.tenant.clone());
+    caller.key_id = Some(verified.key.id.clone());
+}
+
+fn resource(
+    store: &dyn KeyStore,
+    settings: &Settings,
+    head: &RequestHead<'_>,
+    caller: &mut Caller,
+) -> Result<Outcome, ApiError> {
+    let mut identity: Vec<(&str, String)> = Vec::with_capacity(3);
+    let keep_authorization = match credential(head)? {
+        Credential::None => {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "Send an API key in the X-Sigma-ApiKey header (or a Bearer token).",
+            ));
+        }
+        Credential::ApiKey(raw) => {
+            let record = keys::authenticate(store, raw)?;
+            // Log whose request it was even when the route or permission fails.
+            caller.tenant = Some(record.tenant.clone());
+            caller.key_id = Some(record.id.clone());
+            let verified = keys::permit(record, head.method, head.path_with_query)?;
+            identity.push(("x-sigma-tenant", verified.key.tenant.clone()));
+            identity.push(("x-sigma-key-id", verified.key.id.clone()));
+            identity.push(("x-sigma-permission", verified.permission.name().to_owned()));
+            false
+        }
+        Credential::Bearer(token) => {
+            let principal = bearer(settings, token)?;
+            caller.tenant = Some(principal.tenant.clone());
+            caller.subject = principal.subject.clone();
+            keys::required_permission(head.method, head.path_with_query)?;
+            identity.push(("x-sigma-tenant", principal.tenant));
+            if let Some(sub) = principal.subject {
+                identity.push(("x-sigma-subject", sub));
+            }
+            true
+        }
+    };
+    let Some(upstream) = settings.upstream.clone() else {
+        return Err(ApiError::new(
+            ErrorCode::NoUpstream,
+            "This server has no upstream configured; start it with --upstream URL.",
+        ));
+    };
+    let mut headers = end_to_end_headers(head.headers);
+    headers.retain(|(name, _)| {
+        name != API_KEY_HEADER
+            && !IDENTITY_HEADERS.contains(&name.as_str())
+            && (keep_authorization || name != "authorization")
+    });
+    headers.extend(
+        identity
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v.into_bytes())),
+    );
+    Ok(Outcome::Forward(Forward {
+        path_with_query: upstream.path_for(head.path_with_query),
+        upstream,
+        headers,
+    }))
+}
+
+/// Drops hop-by-hop headers, including any the `Connection` header names.
+/// Names come back lower-case.
+pub fn end_to_end_headers(headers: &[(String, Vec<u8>)]) -> Headers {
+    let named: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(n))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,508 @@
+use super::*;
+use crate::domain::keys::memory::MemoryStore;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+struct Bytes(Vec<u8>);
+
+impl BodySource for Bytes {
+    fn read_limited(&mut self, limit: usize) -> Result<Vec<u8>, BodyError> {
+        if self.0.len() > limit {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok(std::mem::take(&mut self.0))
+        }
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        jwt_secret: Some(SECRET.to_vec()),
+        upstream: Some(Upstream::parse("http://127.0.0.1:9/base").unwrap()),
+    }
+}
+
+fn token(tenant: &str) -> String {
+    let exp = crate::domain::time::now_millis() / 1000 + 300;
+    let claims = json!({"tenant": tenant, "sub": "tester", "exp": exp});
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+struct Call<'a> {
+    store: &'a MemoryStore,
+    settings: Settings,
+}
+
+impl Call<'_> {
+    fn run(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (Outcome, Caller) {
+        let headers: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let head = RequestHead {
+            method,
+            path_with_query: path,
+            headers: &headers,
+        };
+        let mut caller = Caller::default();
+        let outcome = handle(
+            self.store,
+            &self.settings,
+            &head,
+            &mut Bytes(body.as_bytes().to_vec()),
+            &mut caller,
+        );
+        (outcome, caller)
+    }
+
+    fn reply(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        match self.run(method, path, headers, body).0 {
+            Outcome::Reply(r) => r,
+            Outcome::Forward(f) => panic!("expected a reply, got {f:?}"),
+        }
+    }
+
+    fn forward(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Forward {
+        match self.run(method, path, headers, "").0 {
+            Outcome::Forward(f) => f,
+            Outcome::Reply(r) => panic!("expected a forward, got {r:?}"),
+        }
+    }
+}
+
+fn code(r: &Reply) -> &str {
+    r.body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+fn create(call: &Call<'_>, tenant: &str, body: &str) -> Reply {
+    let auth = format!("Bearer {}", token(tenant));
+    call.reply(
+        "POST",
+        "/api/v1/api-keys",
+        &[("authorization", &auth)],
+        body,
+    )
+}
+
+#[test]
+fn the_seed_story() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let auth = format!("Bearer {}", token("acme"));
+    let created = create(
+        &call,
+        "acme",
+        r#"{"name": "Shopify Sync - Production", "permissions": ["read", "update-data"]}"#,
+    );
+    assert_eq!(created.status, 201);
+    assert!(
+        created
+            .headers
+            .contains(&("cache-control".into(), "no-store".into()))
+    );
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+
+    let list = call.reply("GET", "/api/v1/api-keys", &[("Authorization", &auth)], "");
+    assert_eq!(list.status, 200);
+    assert_eq!(list.body[0]["id"], id.as_str());
+    assert_eq!(list.body[0]["lastUsedAt"], Value::Null);
+    assert!(!list.body.to_string().contains(&raw));
+
+    let fwd = call.forward(
+        "PUT",
+        "/api/v1/records/r1?x=1",
+        &[("X-Sigma-ApiKey", &raw), ("X-Sigma-Tenant", "evil")],
+    );
+    assert_eq!(fwd.path_with_query, "/base/api/v1/records/r1?x=1");
+    let tenant: Vec<_> = fwd
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "x-sigma-tenant")
+        .collect();
+    assert_eq!(
+        tenant,
+        vec![&("x-sigma-tenant".to_string(), b"acme".to_vec())]
+    );
+    assert!(fwd.headers.iter().all(|(n, _)| n != "x-sigma-apikey"));
+
+    let denied = call.reply(
+        "DELETE",
+        "/api/v1/records/r1",
+        &[("x-sigma-apikey", &raw)],
+        "",
+    );
+    assert_eq!(
+        (denied.status, code(&denied)),
+        (403, "insufficient_permission")
+    );
+
+    let off = call.reply(
+        "POST",
+        &format!("/api/v1/api-keys/{id}/deactivate"),
+        &[("authorization", &auth)],
+        "",
+    );
+    assert_eq!(
+        (off.status, off.body["active"].clone()),
+        (200, json!(false))
+    );
+    let rejected = call.reply("GET", "/api/v1/records", &[("x-sigma-apikey", &raw)], "");
+    assert_eq!(
+        (rejected.status, code(&rejected)),
+        (401, "api_key_deactivated")
+    );
+
+    let gone = call.reply(
+        "DELETE",
+        &format!("/api/v1/api-keys/{id}"),
+        &[("authorization", &auth)],
+        "",
+    );
+    assert_eq!(
+        (gone.status, gone.body.clone()),
+        (200, json!({"deleted": true}))
+    );
+    let again = call.reply(
+        "DELETE",
+        &format!("/api/v1/api-keys/{id}"),
+        &[("authorization", &auth)],
+        "",
+    );
+    assert_eq!((again.status, code(&again)), (404, "not_found"));
+}
+
+#[test]
+fn bad_create_bodies_name_the_field_and_store_nothing() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    for (body, expected_code, field) in [
+        ("", "invalid_json", ""),
+        ("{", "invalid_json", ""),
+        ("[]", "invalid_request", "object"),
+        (r#"{"permissions": ["read"]}"#, "invalid_request", "name"),
+        (
+            r#"{"name": 5, "permissions": ["read"]}"#,
+            "invalid_request",
+            "name",
+        ),
+        (
+            r#"{"name": "  ", "permissions": ["read"]}"#,
+            "invalid_request",
+            "name",
+        ),
+        (r#"{"name": "x"}"#, "invalid_request", "permissions"),
+        (
+            r#"{"name": "x", "permissions": "read"}"#,
+            "invalid_request",
+            "permissions",
+        ),
+        (
+            r#"{"name": "x", "permissions": []}"#,
+            "invalid_request",
+            "permissions",
+        ),
+        (
+            r#"{"name": "x", "permissions": ["write"]}"#,
+            "invalid_request",
+            "permissions",
+        ),
+        (
+            r#"{"name": "x", "permissions": [1]}"#,
+            "invalid_request",
+            "permissions",
+        ),
+        (
+            r#"{"name": "x", "permissions": ["read", "read"]}"#,
+            "invalid_request",
+            "permissions",
+        ),
+        (
+            r#"{"name": "x", "permissions": ["read"], "admin": true}"#,
+            "invalid_request",
+            "admin",
+        ),
+    ] {
+        let r = create(&call, "acme", body);
+        assert_eq!((r.status, code(&r)), (400, expected_code), "{body}");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    assert!(store.rows.borrow().is_empty());
+    let big = format!(
+        r#"{{"name": "{}", "permissions": ["read"]}}"#,
+        "x".repeat(MAX_BODY_BYTES)
+    );
+    let r = create(&call, "acme", &big);
+    assert_eq!((r.status, code(&r)), (413, "payload_too_large"));
+}
+
+#[test]
+fn credentials_are_checked_in_order() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let auth = format!("Bearer {}", token("acme"));
+    let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+        ("GET", "/api/v1/api-keys", vec![], 401, "unauthenticated"),
+        (
+            "GET",
+            "/api/v1/api-keys",
+            vec![("authorization", "Bearer nope")],
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            "/api/v1/api-keys",
+            vec![("authorization", "Basic abc")],
+            401,
+            "invalid_token",
+        ),
+        (
+            "GET",
+            "/api/v1/api-keys",
+            vec![("x-sigma-apikey", &raw)],
+            403,
+            "api_key_not_allowed",
+        ),
+        (
+            "GET",
+            "/api/v1/api-keys",
+            vec![("x-sigma-apikey", &raw), ("authorization", &auth)],
+            400,
+            "ambiguous_credentials",
+        ),
+        ("GET", "/api/v1/records", vec![], 401, "unauthenticated"),
+        (
+            "GET",
+            "/api/v1/records",
+            vec![("x-sigma-apikey", "sigma_sk_live_x")],
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "GET",
+            "/api/v1/nothing",
+            vec![("x-sigma-apikey", "sigma_sk_live_x")],
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "GET",
+            "/api/v1/nothing",
+            vec![("x-sigma-apikey", &raw)],
+            404,
+            "unknown_resource",
+        ),
+        (
+            "OPTIONS",
+            "/api/v1/records",
+            vec![("x-sigma-apikey", &raw)],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "PUT",
+            "/api/v1/api-keys",
+            vec![("authorization", &auth)],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/api/v1/api-keys/verify",
+            vec![],
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/api/v1/api-keys/apikey-x",
+            vec![("authorization", &auth)],
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, headers, status, expected) in cases {
+        let r = call.reply(method, path, &headers, "");
+        assert_eq!(
+            (r.status, code(&r)),
+            (status, expected),
+            "{method} {path} {headers:?}"
+        );
+        if status == 405 {
+            assert!(r.headers.iter().any(|(n, _)| n == "allow"));
+        }
+    }
+}
+
+#[test]
+fn no_upstream_is_a_502_after_authorization() {
+    let store = MemoryStore::default();
+    let mut call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    call.settings.upstream = None;
+    let r = call.reply("GET", "/api/v1/records", &[("x-sigma-apikey", &raw)], "");
+    assert_eq!((r.status, code(&r)), (502, "no_upstream"));
+    let r = call.reply(
+        "DELETE",
+        "/api/v1/records/r1",
+        &[("x-sigma-apikey", &raw)],
+        "",
+    );
+    assert_eq!((r.status, code(&r)), (403, "insufficient_permission"));
+}
+
+#[test]
+fn bearer_requests_are_forwarded_with_tenant_and_subject() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let auth = format!("Bearer {}", token("acme"));
+    let fwd = call.forward(
+        "DELETE",
+        "/api/v1/schemas/s1",
+        &[
+            ("authorization", &auth),
+            ("x-sigma-subject", "root"),
+            ("connection", "close, x-drop"),
+            ("x-drop", "1"),
+            ("x-keep", "2"),
+        ],
+    );
+    let get = |name: &str| -> Vec<String> {
+        fwd.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+            .collect()
+    };
+    assert_eq!(get("authorization"), vec![auth.clone()]);
+    assert_eq!(get("x-sigma-tenant"), vec!["acme"]);
+    assert_eq!(get("x-sigma-subject"), vec!["tester"]);
+    assert!(
+        get("x-sigma-key-id").is_empty()
+            && get("connection").is_empty()
+            && get("x-drop").is_empty()
+    );
+    assert_eq!(get("x-keep"), vec!["2"]);
+    let r = call.reply("GET", "/api/v1/unknown", &[("authorization", &auth)], "");
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn the_verify_endpoint() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let created = create(
+        &call,
+        "acme",
+        r#"{"name": "k", "permissions": ["read", "update-data"]}"#,
+    );
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    let verify =
+        |body: Value| call.reply("POST", "/api/v1/api-keys/verify", &[], &body.to_string());
+
+    let ok = verify(json!({"key": raw, "permission": "read"}));
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.body["valid"], true);
+    assert_eq!(ok.body["tenant"], "acme");
+    assert_eq!(ok.body["keyId"], created.body["id"]);
+    assert_eq!(ok.body["permission"], "read");
+    assert_eq!(ok.body["permissions"], json!(["read", "update-data"]));
+
+    let ok = verify(json!({"key": raw, "method": "PATCH", "path": "/api/v1/records/r1"}));
+    assert_eq!(
+        (ok.body["valid"].clone(), ok.body["permission"].clone()),
+        (json!(true), json!("update-data"))
+    );
+
+    for (body, expected) in [
+        (
+            json!({"key": raw, "permission": "delete-model"}),
+            "insufficient_permission",
+        ),
+        (
+            json!({"key": "sigma_sk_live_nope", "permission": "read"}),
+            "invalid_api_key",
+        ),
+        (
+            json!({"key": raw, "method": "GET", "path": "/api/v1/widgets"}),
+            "unknown_resource",
+        ),
+    ] {
+        let r = verify(body.clone());
+        assert_eq!(
+            (r.status, r.body.clone()),
+            (200, json!({"valid": false, "code": expected})),
+            "{body}"
+        );
+    }
+    for body in [
+        json!({"key": raw, "permission": "read", "method": "GET", "path": "/api/v1/records"}),
+        json!({"key": raw}),
+        json!({"permission": "read"}),
+        json!({"key": raw, "permission": "write"}),
+        json!({"key": raw, "method": "GET"}),
+        json!({"key": raw, "method": "TRACE", "path": "/api/v1/records"}),
+        json!({"key": 5, "permission": "read"}),
+        json!({"key": raw, "permission": "read", "extra": 1}),
+    ] {
+        let r = verify(body.clone());
+        assert_eq!((r.status, code(&r)), (400, "invalid_request"), "{body}");
+    }
+}
+
+#[test]
+fn hop_by_hop_headers_are_dropped() {
+    let headers: Vec<(String, Vec<u8>)> = [
+        ("Connection", "keep-alive, X-Secret-Hop"),
+        ("Keep-Alive", "timeout=5"),
+        ("Transfer-Encoding", "chunked"),
+        ("TE", "trailers"),
+        ("Upgrade", "websocket"),
+        ("Host", "client.example"),
+        ("X-Secret-Hop", "1"),
+        ("Content-Type", "application/json"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+    .collect();
+    let kept = end_to_end_headers(&headers);
+    assert_eq!(
+        kept,
+        vec![("content-type".to_string(), b"application/json".to_vec())]
+    );
+}

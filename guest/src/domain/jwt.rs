@@ -1,0 +1,192 @@
+//! Bearer tokens for the management endpoints: HS256 only, `tenant` and `exp` required.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use serde_json::Value;
+
+use super::error::{ApiError, ErrorCode};
+
+/// Leeway on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 60;
+/// The shortest secret the server accepts, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Who a valid token speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: String,
+    pub subject: Option<String>,
+}
+
+/// Verifies an HS256 token with `secret`, whatever algorithm its header names.
+pub fn verify(token: &str, secret: &[u8]) -> Result<Principal, ApiError> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp"]);
+    let data = decode::<Value>(token, &DecodingKey::from_secret(secret), &validation)
+        .map_err(|e| invalid(describe(e.kind())))?;
+    let claims = data.claims;
+    let tenant = match claims.get("tenant") {
+        Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
+        Some(_) => return Err(invalid("the tenant claim must be a non-empty string")),
+        None => return Err(invalid("the token has no tenant claim")),
+    };
+    let subject = match claims.get("sub") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(invalid("the sub claim must be a string")),
+    };
+    Ok(Principal { tenant, subject })
+}
+
+fn invalid(why: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidToken,
+        format!("The Bearer token is not valid: {why}. Get a new token and retry."),
+    )
+}
+
+fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "it has expired",
+        K::ImmatureSignature => "it is not valid yet (nbf)",
+        K::InvalidSignature => "its signature does not match",
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => "only HS256 tokens are accepted",
+        K::MissingRequiredClaim(_) => "the token has no exp claim",
+        K::InvalidClaimFormat(_) => "a claim has the wrong type",
+        _ => "it is not a well-formed HS256 JWT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        crate::domain::time::now_millis() / 1000
+    }
+
+    fn sign(alg: Algorithm, claims: &Value) -> String {
+        encode(&Header::new(alg), claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn code_of(token: &str) -> Result<Principal, ErrorCode> {
+        verify(token, SECRET).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn a_valid_token_names_its_tenant_and_subject() {
+        let t = sign(
+            Algorithm::HS256,
+            &json!({"tenant": "acme", "sub": "ops", "exp": now() + 60}),
+        );
+        assert_eq!(
+            verify(&t, SECRET),
+            Ok(Principal {
+                tenant: "acme".into(),
+                subject: Some("ops".into())
+            })
+        );
+        let t = sign(
+            Algorithm::HS256,
+            &json!({"tenant": "acme", "exp": now() + 60}),
+        );
+        assert_eq!(verify(&t, SECRET).unwrap().subject, None);
+    }
+
+    #[test]
+    fn other_algorithms_are_refused() {
+        let claims = json!({"tenant": "acme", "exp": now() + 60});
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            assert_eq!(
+                code_of(&sign(alg, &claims)),
+                Err(ErrorCode::InvalidToken),
+                "{alg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = base64_url(format!(r#"{{"tenant":"acme","exp":{}}}"#, now() + 60).as_bytes());
+        for token in [format!("{header}.{body}."), format!("{header}.{body}")] {
+            assert_eq!(code_of(&token), Err(ErrorCode::InvalidToken));
+        }
+        // An HS256 header over a forged (empty) signature.
+        let header = base64_url(br#"{"alg":"HS256","typ":"JWT"}"#);
+        assert_eq!(
+            code_of(&format!("{header}.{body}.")),
+            Err(ErrorCode::InvalidToken)
+        );
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn wrong_secret_expiry_and_nbf_are_refused() {
+        let claims = json!({"tenant": "acme", "exp": now() + 60});
+        let t = sign(Algorithm::HS256, &claims);
+        assert_eq!(
+            verify(&t, b"another secret another secret 123").map_err(|e| e.code),
+            Err(ErrorCode::InvalidToken)
+        );
+        let expired = sign(
+            Algorithm::HS256,
+            &json!({"tenant": "acme", "exp": now() - 61}),
+        );
+        assert_eq!(code_of(&expired), Err(ErrorCode::InvalidToken));
+        let within_leeway = sign(
+            Algorithm::HS256,
+            &json!({"tenant": "acme", "exp": now() - 30}),
+        );
+        assert!(code_of(&within_leeway).is_ok());
+        let future = sign(
+            Algorithm::HS256,
+            &json!({"tenant": "acme", "exp": now() + 600, "nbf": now() + 120}),
+        );
+        assert_eq!(code_of(&future), Err(ErrorCode::InvalidToken));
+    }
+
+    #[test]
+    fn missing_or_bad_claims_are_refused() {
+        let exp = now() + 60;
+        for claims in [
+            json!({"tenant": "acme"}),
+            json!({"exp": exp}),
+            json!({"tenant": "", "exp": exp}),
+            json!({"tenant": 7, "exp": exp}),
+            json!({"tenant": "acme", "exp": "tomorrow"}),
+            json!({"tenant": "acme", "exp": exp, "sub": 5}),
+        ] {
+            assert_eq!(
+                code_of(&sign(Algorithm::HS256, &claims)),
+                Err(ErrorCode::InvalidToken),
+                "{claims}"
+            );
+        }
+        for garbage in ["", "abc", "a.b.c", "eyJhbGciOiJIUzI1NiIs"] {
+            assert_eq!(code_of(garbage), Err(ErrorCode::InvalidToken));
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The component's domain logic, in plain Rust that also builds and tests natively.
+
+pub mod api;
+pub mod error;
+pub mod jwt;
+pub mod keys;
+pub mod permission;
+pub mod random;
+pub mod raw_key;
+pub mod routes;
+pub mod time;
+pub mod upstream;

@@ -1,0 +1,358 @@
+//! The SQLite key store: the host's implementation of `sigma:api-keys/store`.
+//!
+//! WAL mode with `synchronous=FULL`: a write is on disk when the call returns,
+//! so nothing acknowledged is lost to `kill -9` or a power cut. Only the
+//! SHA-256 of a key is ever written.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+
+use crate::bindings::sigma::api_keys::store::StoreError;
+use crate::bindings::sigma::api_keys::types::{KeyRecord, Permission};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts them.
+const MIGRATIONS: &[&str] = &[
+    // 1: the keys table. `key_hash` is the SHA-256 of the raw key.
+    "CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY NOT NULL,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        key_hash BLOB NOT NULL UNIQUE CHECK (length(key_hash) = 32),
+        permissions TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        deactivated_at INTEGER
+    );
+    CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);",
+];
+
+/// Permission names as stored; they never change once written.
+const PERMISSION_NAMES: [(Permission, &str); 5] = [
+    (Permission::Read, "read"),
+    (Permission::UpdateData, "update-data"),
+    (Permission::DeleteData, "delete-data"),
+    (Permission::UpdateModel, "update-model"),
+    (Permission::DeleteModel, "delete-model"),
+];
+
+const COLUMNS: &str = "id, tenant, name, permissions, created_at, last_used_at, deactivated_at";
+
+/// The SQLite database behind the store.
+pub struct Db {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Db> {
+        let writer = connect(path, true)
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
+        migrate(&writer)
+            .with_context(|| format!("cannot migrate the database {}", path.display()))?;
+        Ok(Db {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the writer connection is poisoned".into()))?;
+        f(&mut conn).map_err(store_error)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                connect(&self.path, false).map_err(|e| StoreError::Unavailable(format!("{e:#}")))?
+            }
+        };
+        let result = f(&conn).map_err(store_error);
+        if let Ok(mut pool) = self.readers.lock() {
+            pool.push(conn);
+        }
+        result
+    }
+
+    pub fn insert(&self, key: &KeyRecord, hash: &[u8]) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.prepare_cached(
+                "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                key.id,
+                key.tenant,
+                key.name,
+                hash,
+                permissions_to_text(&key.permissions),
+                to_sql_time(key.created_at),
+                key.last_used_at.map(to_sql_time),
+                key.deactivated_at.map(to_sql_time),
+            ])
+            .map(|_| ())
+        })
+    }
+
+    pub fn find_by_hash(&self, hash: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?1"
+            ))?
+            .query_row([hash], record)
+            .optional()
+        })
+    }
+
+    pub fn list(&self, tenant: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE tenant = ?1 ORDER BY created_at, rowid"
+            ))?
+            .query_map([tenant], record)?
+            .collect()
+        })
+    }
+
+    pub fn deactivate(
+        &self,
+        tenant: &str,
+        id: &str,
+        at: u64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.write(|c| {
+            let tx = c.transaction()?;
+            tx.prepare_cached(
+                "UPDATE api_keys SET deactivated_at = ?3
+                 WHERE tenant = ?1 AND id = ?2 AND deactivated_at IS NULL",
+            )?
+            .execute(params![tenant, id, to_sql_time(at)])?;
+            let found = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM api_keys WHERE tenant = ?1 AND id = ?2"
+                ))?
+                .query_row([tenant, id], record)
+                .optional()?;
+            tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    pub fn remove(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        self.write(|c| {
+            c.prepare_cached("DELETE FROM api_keys WHERE tenant = ?1 AND id = ?2")?
+                .execute([tenant, id])
+                .map(|n| n > 0)
+        })
+    }
+
+    pub fn record_use(&self, id: &str, at: u64) -> Result<(), StoreError> {
+        // Only ever raises last_used_at: a late write never moves it back, and
+        // it touches no other column, so a concurrent deactivation or delete wins.
+        self.write(|c| {
+            c.prepare_cached(
+                "UPDATE api_keys SET last_used_at = ?2
+                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            )?
+            .execute(params![id, to_sql_time(at)])
+            .map(|_| ())
+        })
+    }
+}
+
+fn connect(path: &Path, create: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!("the database does not support WAL mode (got {mode})");
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        bail!(
+            "the database was written by a newer sigma-keys (schema {version}, this one knows {})",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
+fn store_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn to_sql_time(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn from_sql_time(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn permissions_to_text(permissions: &[Permission]) -> String {
+    let names: Vec<&str> = permissions
+        .iter()
+        .filter_map(|p| {
+            PERMISSION_NAMES
+                .iter()
+                .find(|(q, _)| q == p)
+                .map(|(_, n)| *n)
+        })
+        .collect();
+    names.join(",")
+}
+
+fn permissions_from_text(text: &str) -> rusqlite::Result<Vec<Permission>> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            PERMISSION_NAMES
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(p, _)| *p)
+                .ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(
+                        3,
+                        format!("permission {name}"),
+                        rusqlite::types::Type::Text,
+                    )
+                })
+        })
+        .collect()
+}
+
+fn record(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    Ok(KeyRecord {
+        id: row.get(0)?,
+        tenant: row.get(1)?,
+        name: row.get(2)?,
+        permissions: permissions_from_text(&row.get::<_, String>(3)?)?,
+        created_at: from_sql_time(row.get(4)?),
+        last_used_at: row.get::<_, Option<i64>>(5)?.map(from_sql_time),
+        deactivated_at: row.get::<_, Option<i64>>(6)?.map(from_sql_time),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, tenant: &str, at: u64) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            tenant: tenant.into(),
+            name: "n".into(),
+            permissions: vec![Permission::Read, Permission::DeleteModel],
+            created_at: at,
+            last_used_at: None,
+            deactivated_at: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_ordering_and_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("k.db")).unwrap();
+        db.insert(&key("b", "t", 20), &[2; 32]).unwrap();
+        db.insert(&key("a", "t", 10), &[1; 32]).unwrap();
+        db.insert(&key("c", "u", 5), &[3; 32]).unwrap();
+        assert!(matches!(
+            db.insert(&key("a", "t", 1), &[9; 32]),
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            db.insert(&key("z", "t", 1), &[1; 32]),
+            Err(StoreError::Conflict)
+        ));
+        let ids: Vec<String> = db.list("t").unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let found = db.find_by_hash(&[3; 32]).unwrap().unwrap();
+        assert_eq!(
+            found.permissions,
+            vec![Permission::Read, Permission::DeleteModel]
+        );
+        assert!(db.find_by_hash(&[7; 32]).unwrap().is_none());
+    }
+
+    #[test]
+    fn deactivate_keeps_the_first_time_and_use_never_resurrects() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("k.db")).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32]).unwrap();
+        assert!(db.deactivate("other", "a", 5).unwrap().is_none());
+        assert_eq!(
+            db.deactivate("t", "a", 5).unwrap().unwrap().deactivated_at,
+            Some(5)
+        );
+        assert_eq!(
+            db.deactivate("t", "a", 9).unwrap().unwrap().deactivated_at,
+            Some(5)
+        );
+        db.record_use("a", 100).unwrap();
+        db.record_use("a", 50).unwrap();
+        let k = db.find_by_hash(&[1; 32]).unwrap().unwrap();
+        assert_eq!((k.last_used_at, k.deactivated_at), (Some(100), Some(5)));
+        assert!(!db.remove("other", "a").unwrap());
+        assert!(db.remove("t", "a").unwrap());
+        db.record_use("a", 200).unwrap();
+        assert!(db.find_by_hash(&[1; 32]).unwrap().is_none());
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_refuses_newer_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        Db::open(&path)
+            .unwrap()
+            .insert(&key("a", "t", 1), &[1; 32])
+            .unwrap();
+        assert_eq!(Db::open(&path).unwrap().list("t").unwrap().len(), 1);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        assert!(Db::open(&path).is_err());
+    }
+}

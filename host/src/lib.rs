@@ -1,0 +1,37 @@
+//! sigma-keys: the API-key service of the Sigma PIM platform, as a library.
+//!
+//! The key logic lives in a WebAssembly component (embedded in this crate at
+//! build time); this crate runs it with wasmtime, stores keys in SQLite and
+//! serves the REST API. Rust services can call the component directly:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use sigma_keys::{Permission, Service, Settings};
+//! let service = Service::open("keys.db".as_ref(), &Settings::default())?;
+//! let created = service.create("acme", "sync", &[Permission::Read]).await??;
+//! let verified = service.verify(&created.raw_key, Permission::Read).await??;
+//! assert_eq!(verified.tenant, "acme");
+//! # Ok(()) }
+//! ```
+
+pub mod bindings {
+    //! Host bindings for the `sigma:api-keys/typed` world.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sigma:api-keys/typed",
+        exports: { default: async },
+    });
+}
+
+pub mod db;
+pub mod runtime;
+pub mod secret;
+pub mod server;
+mod service;
+
+pub use bindings::exports::sigma::api_keys::auth::Verified;
+pub use bindings::sigma::api_keys::types::{
+    CreatedKey, Error as KeyError, ErrorCode, KeyRecord, Permission,
+};
+pub use runtime::Settings;
+pub use service::Service;

@@ -1,0 +1,315 @@
+//! `sigma-keys`: serve the API-key service, mint local tokens, manage keys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use sigma_keys::db::Db;
+use sigma_keys::runtime::Runtime;
+use sigma_keys::secret::{self, Source};
+use sigma_keys::server::{self, Limits};
+use sigma_keys::{KeyRecord, Permission, Service, Settings};
+
+#[derive(Parser)]
+#[command(name = "sigma-keys", version, about = "The Sigma PIM API-key service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST API (and forward authorized requests upstream)
+    Serve(ServeArgs),
+    /// Print a Bearer token (JWT) for a tenant, signed with the server's secret
+    Token(TokenArgs),
+    /// Manage keys directly in the database, without a server
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Args)]
+struct DbArg {
+    /// The SQLite database file
+    #[arg(long, default_value = "./sigma-keys.db", value_name = "PATH")]
+    db: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    db: DbArg,
+    /// Forward authorized resource requests to this base URL (http:// or https://)
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Close a connection whose request headers take longer than this
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    header_timeout: Duration,
+    /// Close keep-alive connections idle for this long
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    idle_timeout: Duration,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The tenant the token acts for
+    #[arg(long)]
+    tenant: String,
+    /// The subject (who is acting), passed upstream as X-Sigma-Subject
+    #[arg(long)]
+    sub: Option<String>,
+    /// How long the token is valid
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    ttl: Duration,
+    #[command(flatten)]
+    db: DbArg,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List a tenant's keys (JSON, as GET /api/v1/api-keys)
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Create a key and print it once (JSON, as POST /api/v1/api-keys)
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Human-readable name
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, update-data, delete-data, update-model, delete-model
+        #[arg(long, value_delimiter = ',', value_parser = parse_permission, required = true)]
+        permissions: Vec<Permission>,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Deactivate a key
+    Deactivate {
+        #[arg(long)]
+        tenant: String,
+        /// The key id (apikey-...)
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Delete a key for good
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        /// The key id (apikey-...)
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 15m, 1h)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+const PERMISSIONS: [(&str, Permission); 5] = [
+    ("read", Permission::Read),
+    ("update-data", Permission::UpdateData),
+    ("delete-data", Permission::DeleteData),
+    ("update-model", Permission::UpdateModel),
+    ("delete-model", Permission::DeleteModel),
+];
+
+fn parse_permission(s: &str) -> Result<Permission, String> {
+    PERMISSIONS
+        .iter()
+        .find(|(name, _)| *name == s.trim())
+        .map(|(_, p)| *p)
+        .ok_or_else(|| format!("unknown permission {s:?}; use read, update-data, delete-data, update-model or delete-model"))
+}
+
+fn permission_name(p: Permission) -> &'static str {
+    PERMISSIONS
+        .iter()
+        .find(|(_, q)| *q == p)
+        .map_or("?", |(n, _)| n)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIGMA_KEYS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Token(args) => {
+            let (secret, source) = secret::resolve(&args.db.db)?;
+            note_secret(&source);
+            println!(
+                "{}",
+                secret::mint(&secret, &args.tenant, args.sub.as_deref(), args.ttl)?
+            );
+            Ok(())
+        }
+        Command::Keys(cmd) => keys(cmd).await,
+    }
+}
+
+fn note_secret(source: &Source) {
+    if let Source::Generated(path) = source {
+        eprintln!(
+            "Generated a new JWT secret in {} (mode 0600); keep it next to the database.",
+            path.display()
+        );
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    if let Some(url) = &args.upstream {
+        let uri: hyper::Uri = url
+            .parse()
+            .with_context(|| format!("--upstream {url:?} is not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https"))
+            || uri.host().is_none()
+            || uri.query().is_some()
+        {
+            bail!(
+                "--upstream must be an http:// or https:// URL with a host and no query, e.g. http://127.0.0.1:9000"
+            );
+        }
+    }
+    let db = open_db(&args.db.db)?;
+    let (jwt_secret, source) = secret::resolve(&args.db.db)?;
+    note_secret(&source);
+    let settings = Settings {
+        jwt_secret: Some(jwt_secret),
+        upstream: args.upstream.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is the port in use?)", args.listen))?;
+    let runtime = Arc::new(Runtime::new(Arc::new(db), &settings)?);
+    let local = listener.local_addr()?;
+    let db_arg = args.db.db.display();
+    println!("sigma-keys listening on http://{local}");
+    println!("  database: {db_arg}");
+    match &args.upstream {
+        Some(u) => println!("  upstream: {u}"),
+        None => {
+            println!("  upstream: none (resource requests get 502 no_upstream; set --upstream URL)")
+        }
+    }
+    println!("  get a token: sigma-keys token --db {db_arg} --tenant <tenant>");
+    let limits = Limits {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    server::serve(runtime, listener, limits, shutdown).await
+}
+
+fn open_db(path: &Path) -> Result<Db> {
+    Db::open(path)
+}
+
+async fn keys(cmd: KeysCommand) -> Result<()> {
+    let (tenant, db) = match &cmd {
+        KeysCommand::List { tenant, db }
+        | KeysCommand::Create { tenant, db, .. }
+        | KeysCommand::Deactivate { tenant, db, .. }
+        | KeysCommand::Delete { tenant, db, .. } => (tenant.clone(), db.db.clone()),
+    };
+    let service = Service::from_runtime(Arc::new(Runtime::new(
+        Arc::new(open_db(&db)?),
+        &Settings::default(),
+    )?));
+    let output = match cmd {
+        KeysCommand::List { .. } => {
+            let list = service.list(&tenant).await?.map_err(key_error)?;
+            serde_json::Value::Array(list.iter().map(record_json).collect())
+        }
+        KeysCommand::Create {
+            name, permissions, ..
+        } => {
+            let created = service
+                .create(&tenant, &name, &permissions)
+                .await?
+                .map_err(key_error)?;
+            let mut v = record_json(&created.key);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("rawKey".into(), created.raw_key.into());
+            }
+            eprintln!("Store the rawKey now: it is shown only this once.");
+            v
+        }
+        KeysCommand::Deactivate { id, .. } => {
+            record_json(&service.deactivate(&tenant, &id).await?.map_err(key_error)?)
+        }
+        KeysCommand::Delete { id, .. } => {
+            service.delete(&tenant, &id).await?.map_err(key_error)?;
+            serde_json::json!({"deleted": true})
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+fn key_error(e: sigma_keys::KeyError) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message)
+}
+
+fn timestamp(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn record_json(k: &KeyRecord) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": k.id,
+        "name": k.name,
+        "permissions": k.permissions.iter().map(|p| permission_name(*p)).collect::<Vec<_>>(),
+        "active": k.deactivated_at.is_none(),
+        "createdAt": timestamp(k.created_at),
+        "lastUsedAt": k.last_used_at.map(timestamp),
+    });
+    if let (Some(at), Some(obj)) = (k.deactivated_at, v.as_object_mut()) {
+        obj.insert("deactivatedAt".into(), timestamp(at).into());
+    }
+    v
+}

@@ -1,0 +1,185 @@
+//! Loads the sigma-keys component into wasmtime and wires its imports to the
+//! SQLite store, the configuration and the request log.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings::sigma::api_keys::store::{self, StoreError};
+use crate::bindings::sigma::api_keys::types::{self, KeyRecord};
+use crate::bindings::{Typed, TypedPre};
+use crate::db::Db;
+
+/// The component, built from `guest/` and embedded at compile time.
+pub const COMPONENT: &[u8] = include_bytes!(env!("SIGMA_KEYS_COMPONENT_WASM"));
+
+/// What the component reads through `wasi:config/store`.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The HS256 secret for Bearer tokens (its UTF-8 bytes are the key).
+    pub jwt_secret: Option<String>,
+    /// Where authorized resource requests are forwarded.
+    pub upstream: Option<String>,
+}
+
+/// Who made an HTTP request, as the component reported it.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub tenant: Option<String>,
+    pub key_id: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// Per-call state of one component instance.
+pub struct Ctx {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    db: Arc<Db>,
+    config: Arc<WasiConfigVariables>,
+    caller: Arc<Mutex<Caller>>,
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Ctx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl types::Host for Ctx {}
+
+impl store::Host for Ctx {
+    fn insert(&mut self, key: KeyRecord, hash: Vec<u8>) -> Result<(), StoreError> {
+        self.db.insert(&key, &hash)
+    }
+    fn find_by_hash(&mut self, hash: Vec<u8>) -> Result<Option<KeyRecord>, StoreError> {
+        self.db.find_by_hash(&hash)
+    }
+    fn list(&mut self, tenant: String) -> Result<Vec<KeyRecord>, StoreError> {
+        self.db.list(&tenant)
+    }
+    fn deactivate(
+        &mut self,
+        tenant: String,
+        id: String,
+        at: u64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.db.deactivate(&tenant, &id, at)
+    }
+    fn remove(&mut self, tenant: String, id: String) -> Result<bool, StoreError> {
+        self.db.remove(&tenant, &id)
+    }
+    fn record_use(&mut self, id: String, at: u64) -> Result<(), StoreError> {
+        self.db.record_use(&id, at)
+    }
+}
+
+/// The compiled component, ready to instantiate per request or per call.
+pub struct Runtime {
+    engine: Engine,
+    pub(crate) proxy: ProxyPre<Ctx>,
+    typed: TypedPre<Ctx>,
+    db: Arc<Db>,
+    config: Arc<WasiConfigVariables>,
+}
+
+impl Runtime {
+    /// Compiles the embedded component (cached on disk by wasmtime) and links it.
+    pub fn new(db: Arc<Db>, settings: &Settings) -> Result<Runtime> {
+        let mut config = Config::new();
+        match CacheConfig::from_file(None).and_then(Cache::new) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(e) => tracing::debug!("compilation cache disabled: {e:#}"),
+        }
+        let engine = Engine::new(&config)?;
+        let component = Component::new(&engine, COMPONENT)
+            .map_err(anyhow::Error::from)
+            .context("cannot compile the sigma-keys component")?;
+        Runtime::with_component(engine, &component, db, settings)
+    }
+
+    fn with_component(
+        engine: Engine,
+        component: &Component,
+        db: Arc<Db>,
+        settings: &Settings,
+    ) -> Result<Runtime> {
+        let mut linker: Linker<Ctx> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| {
+            WasiConfig::from(&*c.config)
+        })?;
+        Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+        linker
+            .instance("sigma:api-keys/request-log@0.1.0")?
+            .func_wrap(
+                "identify",
+                |store: wasmtime::StoreContextMut<'_, Ctx>,
+                 (tenant, key_id, subject): (Option<String>, Option<String>, Option<String>)| {
+                    if let Ok(mut caller) = store.data().caller.lock() {
+                        *caller = Caller { tenant, key_id, subject };
+                    }
+                    Ok(())
+                },
+            )?;
+        let pre = linker.instantiate_pre(component)?;
+        let mut vars = WasiConfigVariables::new();
+        if let Some(secret) = &settings.jwt_secret {
+            vars.insert("jwt-secret", secret.as_str());
+        }
+        if let Some(upstream) = &settings.upstream {
+            vars.insert("upstream", upstream.as_str());
+        }
+        Ok(Runtime {
+            proxy: ProxyPre::new(pre.clone())?,
+            typed: TypedPre::new(pre)?,
+            engine,
+            db,
+            config: Arc::new(vars),
+        })
+    }
+
+    /// A fresh store for one request or call; `caller` receives the request log's attribution.
+    pub(crate) fn new_store(&self, caller: Arc<Mutex<Caller>>) -> Store<Ctx> {
+        Store::new(
+            &self.engine,
+            Ctx {
+                table: ResourceTable::new(),
+                wasi: WasiCtx::builder().inherit_stderr().build(),
+                http: WasiHttpCtx::new(),
+                db: self.db.clone(),
+                config: self.config.clone(),
+                caller,
+            },
+        )
+    }
+
+    /// An instance for typed calls to `keys` and `auth`.
+    pub(crate) async fn typed(&self) -> Result<(Store<Ctx>, Typed)> {
+        let mut store = self.new_store(Arc::default());
+        let typed = self.typed.instantiate_async(&mut store).await?;
+        Ok((store, typed))
+    }
+}

@@ -1,0 +1,133 @@
+//! The JWT secret: from `SIGMA_JWT_SECRET`, or generated once and kept next to
+//! the database as `<db>.secret` (mode 0600). Also mints tokens for local use.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rand_core::{OsRng, TryRngCore};
+
+/// The environment variable that holds the secret.
+pub const ENV_VAR: &str = "SIGMA_JWT_SECRET";
+/// Shortest accepted secret, in bytes (HS256 wants at least the hash size).
+pub const MIN_LEN: usize = 32;
+
+/// Where the secret came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Env,
+    File(PathBuf),
+    Generated(PathBuf),
+}
+
+/// The secret file that belongs to a database.
+pub fn file_for(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".secret");
+    PathBuf::from(name)
+}
+
+/// The secret to use with `db`, creating the file if there is neither it nor the variable.
+pub fn resolve(db: &Path) -> Result<(String, Source)> {
+    if let Some(value) = std::env::var_os(ENV_VAR) {
+        let Some(value) = value.to_str().map(str::to_owned) else {
+            bail!("{ENV_VAR} is not valid UTF-8");
+        };
+        if value.len() < MIN_LEN {
+            bail!(
+                "{ENV_VAR} is {} bytes long; it must be at least {MIN_LEN} bytes",
+                value.len()
+            );
+        }
+        return Ok((value, Source::Env));
+    }
+    let path = file_for(db);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let value = text.trim().to_owned();
+            if value.len() < MIN_LEN {
+                bail!(
+                    "the secret in {} is shorter than {MIN_LEN} bytes",
+                    path.display()
+                );
+            }
+            Ok((value, Source::File(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = generate()?;
+            write_new(&path, &value)?;
+            Ok((value, Source::Generated(path)))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the secret file {}", path.display())),
+    }
+}
+
+fn generate() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .context("cannot read the OS random number generator")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_new(path: &Path, value: &str) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the secret file {}", path.display()))?;
+    file.write_all(value.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    // The umask cannot widen 0600, but be explicit.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// An HS256 token for `tenant`, valid for `ttl`.
+pub fn mint(secret: &str, tenant: &str, subject: Option<&str>, ttl: Duration) -> Result<String> {
+    if tenant.trim().is_empty() {
+        bail!("--tenant must not be empty");
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut claims = serde_json::json!({
+        "tenant": tenant,
+        "iat": now,
+        "exp": now + ttl.as_secs().max(1),
+    });
+    if let (Some(sub), Some(obj)) = (subject, claims.as_object_mut()) {
+        obj.insert("sub".into(), serde_json::Value::String(sub.into()));
+    }
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    Ok(jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_secret_is_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("keys.db");
+        // Only meaningful when the variable is not set in the test environment.
+        if std::env::var_os(ENV_VAR).is_some() {
+            return;
+        }
+        let (first, source) = resolve(&db).unwrap();
+        assert_eq!(source, Source::Generated(file_for(&db)));
+        assert_eq!(first.len(), 64);
+        let mode = fs::metadata(file_for(&db)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (second, source) = resolve(&db).unwrap();
+        assert_eq!((second, source), (first, Source::File(file_for(&db))));
+    }
+}

@@ -1,0 +1,363 @@
+//! The HTTP server: hyper in front of the component's `wasi:http` handler.
+//!
+//! Each request runs in a fresh component instance, so a trap or panic in the
+//! guest fails that request alone (with a 500), never the server.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HOST, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::runtime::{Caller, Runtime};
+
+/// Connection limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A request's headers must arrive within this time of its first byte
+    /// (or of the connection opening).
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in flight closes after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` resolves.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let local = listener.local_addr()?;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(runtime.clone(), stream, peer, local, limits));
+    }
+}
+
+/// Activity on one connection, shared by its IO, its service and its watchdog.
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    /// When the current request's first byte arrived; `NONE` between requests.
+    head_since_ms: AtomicU64,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// How the watchdog ends a connection.
+enum Close {
+    /// Headers too slow: drop it now.
+    Abort,
+    /// Idle: close it politely.
+    Graceful,
+}
+
+async fn watchdog(activity: Arc<Activity>, limits: Limits) -> Close {
+    let header_ms = u64::try_from(limits.header_timeout.as_millis()).unwrap_or(NONE - 1);
+    let idle_ms = u64::try_from(limits.idle_timeout.as_millis()).unwrap_or(NONE - 1);
+    loop {
+        let now = activity.now_ms();
+        let head_since = activity.head_since_ms.load(Ordering::Relaxed);
+        let deadline = if head_since != NONE {
+            let d = head_since.saturating_add(header_ms);
+            if now >= d {
+                return Close::Abort;
+            }
+            d
+        } else if activity.in_flight.load(Ordering::Relaxed) == 0 {
+            let d = activity
+                .last_ms
+                .load(Ordering::Relaxed)
+                .saturating_add(idle_ms);
+            if now >= d {
+                return Close::Graceful;
+            }
+            d
+        } else {
+            now.saturating_add(idle_ms.min(header_ms))
+        };
+        tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now).max(1))).await;
+    }
+}
+
+async fn connection(
+    runtime: Arc<Runtime>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    limits: Limits,
+) {
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        head_since_ms: AtomicU64::new(0),
+    });
+    let io = TokioIo::new(WatchedIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service_activity = activity.clone();
+    let service = service_fn(move |req| {
+        let runtime = runtime.clone();
+        let activity = service_activity.clone();
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.head_since_ms.store(NONE, Ordering::Relaxed);
+        async move {
+            let response = handle(&runtime, req, local).await;
+            Ok::<_, Infallible>(response.map(|body| {
+                InFlight {
+                    inner: body,
+                    activity,
+                }
+                .boxed_unsync()
+            }))
+        }
+    });
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let dog = watchdog(activity, limits);
+    tokio::pin!(dog);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            close = &mut dog, if !closing => match close {
+                Close::Abort => {
+                    tracing::info!(%peer, "closing a connection whose request headers did not arrive in time");
+                    return;
+                }
+                Close::Graceful => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            },
+        }
+    }
+}
+
+/// Counts a request as in flight until hyper has sent its whole response body.
+struct InFlight {
+    inner: HyperOutgoingBody,
+    activity: Arc<Activity>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity.touch();
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Body for InFlight {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The TCP stream, noting when bytes move.
+struct WatchedIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let a = &self.activity;
+            a.touch();
+            if a.in_flight.load(Ordering::Relaxed) == 0 {
+                // The first bytes of a new request: its headers are now on the clock.
+                let _ = a.head_since_ms.compare_exchange(
+                    NONE,
+                    a.now_ms(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.activity.touch();
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One request: run the component, log one line, never fail the connection.
+async fn handle(
+    runtime: &Runtime,
+    mut req: Request<Incoming>,
+    local: SocketAddr,
+) -> Response<HyperOutgoingBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    // The path only: a query could carry something secret.
+    let path = req.uri().path().to_owned();
+    if !req.headers().contains_key(HOST) && req.uri().authority().is_none() {
+        // HTTP/1.0 clients may omit Host; wasi:http needs an authority.
+        if let Ok(v) = HeaderValue::from_str(&local.to_string()) {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    let caller = Arc::new(Mutex::new(Caller::default()));
+    let response = match run_component(runtime, req, caller.clone()).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(%method, path, "request failed in the component: {e:#}");
+            internal_error()
+        }
+    };
+    let caller = caller.lock().map(|c| c.clone()).unwrap_or_default();
+    tracing::info!(
+        target: "sigma_keys::request",
+        %method,
+        path,
+        status = response.status().as_u16(),
+        latency_ms = format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+        tenant = caller.tenant.as_deref().unwrap_or("-"),
+        key_id = caller.key_id.as_deref().unwrap_or("-"),
+    );
+    response
+}
+
+async fn run_component(
+    runtime: &Runtime,
+    req: Request<Incoming>,
+    caller: Arc<Mutex<Caller>>,
+) -> Result<Response<HyperOutgoingBody>> {
+    let mut store = runtime.new_store(caller);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)?;
+    let outparam = store.data_mut().http().new_response_outparam(sender)?;
+    let pre = runtime.proxy.clone();
+    // The handler may go on streaming the body after it sets the response.
+    let task = tokio::spawn(async move {
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, incoming, outparam)
+            .await
+    });
+    match receiver.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => Err(anyhow::anyhow!(
+            "the component answered with error {code:?}"
+        )),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the component set no response")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// The 500 body, same shape as the component's errors.
+fn internal_error() -> Response<HyperOutgoingBody> {
+    let body = serde_json::json!({"error": {
+        "code": "internal",
+        "message": "An internal error occurred; the details are in the server log. Retry later.",
+    }});
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,122 @@
+//! The typed API of the component for Rust callers: no HTTP involved.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::bindings::exports::sigma::api_keys::auth::Verified;
+use crate::bindings::sigma::api_keys::types::{
+    CreatedKey, Error as KeyError, KeyRecord, Permission,
+};
+use crate::db::Db;
+use crate::runtime::{Runtime, Settings};
+
+/// The sigma-keys component over a SQLite database.
+///
+/// Each call runs in a fresh component instance. The outer `Result` is a host
+/// failure (the component trapped); the inner one is the component's answer.
+pub struct Service {
+    runtime: Arc<Runtime>,
+}
+
+impl Service {
+    /// Opens (creating and migrating) the database and compiles the component.
+    pub fn open(db: &Path, settings: &Settings) -> Result<Service> {
+        let db = Arc::new(Db::open(db)?);
+        Ok(Service {
+            runtime: Arc::new(Runtime::new(db, settings)?),
+        })
+    }
+
+    /// The same service, sharing an already loaded runtime.
+    pub fn from_runtime(runtime: Arc<Runtime>) -> Service {
+        Service { runtime }
+    }
+
+    /// The runtime, to serve HTTP with it too.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.clone()
+    }
+
+    /// The tenant's keys, oldest first.
+    pub async fn list(&self, tenant: &str) -> Result<Result<Vec<KeyRecord>, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_keys()
+            .call_list(&mut store, tenant)
+            .await?)
+    }
+
+    /// Creates a key; the raw key in the answer is shown this once.
+    pub async fn create(
+        &self,
+        tenant: &str,
+        name: &str,
+        permissions: &[Permission],
+    ) -> Result<Result<CreatedKey, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_keys()
+            .call_create(&mut store, tenant, name, permissions)
+            .await?)
+    }
+
+    /// Deactivates a key; again returns the same record.
+    pub async fn deactivate(&self, tenant: &str, id: &str) -> Result<Result<KeyRecord, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_keys()
+            .call_deactivate(&mut store, tenant, id)
+            .await?)
+    }
+
+    /// Deletes a key for good.
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<Result<(), KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_keys()
+            .call_delete(&mut store, tenant, id)
+            .await?)
+    }
+
+    /// Checks a raw key for a permission.
+    pub async fn verify(
+        &self,
+        raw_key: &str,
+        permission: Permission,
+    ) -> Result<Result<Verified, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_auth()
+            .call_verify(&mut store, raw_key, permission)
+            .await?)
+    }
+
+    /// Checks a raw key for an HTTP request (`path` with `/api/v1`).
+    pub async fn authorize(
+        &self,
+        raw_key: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<Result<Verified, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_auth()
+            .call_authorize(&mut store, raw_key, method, path)
+            .await?)
+    }
+
+    /// The permission an HTTP request needs.
+    pub async fn required_permission(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Result<Result<Permission, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_auth()
+            .call_required_permission(&mut store, method, path)
+            .await?)
+    }
+}
