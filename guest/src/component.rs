@@ -242,7 +242,11 @@ fn settings() -> &'static Settings {
                 None
             }
         });
-        Settings { jwt_secret, upstream }
+        let upstream_timeout_ms = get("upstream-timeout-ms")
+            .and_then(|v| v.parse().ok())
+            .filter(|ms| *ms > 0)
+            .unwrap_or(api::DEFAULT_UPSTREAM_TIMEOUT_MS);
+        Settings { jwt_secret, upstream, upstream_timeout_ms }
     })
 }
 
@@ -365,11 +369,6 @@ fn send_reply(out: ResponseOutparam, reply: &Reply) {
     let _ = OutgoingBody::finish(out_body, None);
 }
 
-/// Upstream timeouts, in nanoseconds.
-const CONNECT_TIMEOUT_NS: u64 = 10_000_000_000;
-const FIRST_BYTE_TIMEOUT_NS: u64 = 60_000_000_000;
-const BETWEEN_BYTES_TIMEOUT_NS: u64 = 60_000_000_000;
-
 fn wasi_method(name: &str) -> Method {
     match name {
         "GET" => Method::Get,
@@ -453,9 +452,10 @@ fn forward(request: &IncomingRequest, method: &str, plan: api::Forward, out: Res
         return;
     };
     let options = RequestOptions::new();
-    let _ = options.set_connect_timeout(Some(CONNECT_TIMEOUT_NS));
-    let _ = options.set_first_byte_timeout(Some(FIRST_BYTE_TIMEOUT_NS));
-    let _ = options.set_between_bytes_timeout(Some(BETWEEN_BYTES_TIMEOUT_NS));
+    let timeout_ns = settings().upstream_timeout_ms.saturating_mul(1_000_000);
+    let _ = options.set_connect_timeout(Some(timeout_ns));
+    let _ = options.set_first_byte_timeout(Some(timeout_ns));
+    let _ = options.set_between_bytes_timeout(Some(timeout_ns));
     let pending = match wasi::http::outgoing_handler::handle(upstream_request, Some(options)) {
         Ok(p) => p,
         Err(e) => return reply_error(out, &upstream_error(&e)),

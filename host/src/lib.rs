@@ -20,10 +20,12 @@ pub mod bindings {
         path: "../wit",
         world: "sigma:api-keys/typed",
         exports: { default: async },
+        additional_derives: [PartialEq, Eq],
     });
 }
 
 pub mod db;
+mod hop_by_hop;
 pub mod runtime;
 pub mod secret;
 pub mod server;

@@ -49,6 +49,9 @@ struct ServeArgs {
     /// Forward authorized resource requests to this base URL (http:// or https://)
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+    /// Give up on the upstream (502/504) when it takes longer than this to connect, answer or send more
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    upstream_timeout: Duration,
     /// Close a connection whose request headers take longer than this
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     header_timeout: Duration,
@@ -219,6 +222,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let settings = Settings {
         jwt_secret: Some(jwt_secret),
         upstream: args.upstream.clone(),
+        upstream_timeout: Some(args.upstream_timeout),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

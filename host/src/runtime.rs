@@ -15,6 +15,7 @@ use crate::bindings::sigma::api_keys::store::{self, StoreError};
 use crate::bindings::sigma::api_keys::types::{self, KeyRecord};
 use crate::bindings::{Typed, TypedPre};
 use crate::db::Db;
+use crate::hop_by_hop::ProxyHooks;
 
 /// The component, built from `guest/` and embedded at compile time.
 pub const COMPONENT: &[u8] = include_bytes!(env!("SIGMA_KEYS_COMPONENT_WASM"));
@@ -26,6 +27,8 @@ pub struct Settings {
     pub jwt_secret: Option<String>,
     /// Where authorized resource requests are forwarded.
     pub upstream: Option<String>,
+    /// How long the upstream may take to connect, answer or send more body.
+    pub upstream_timeout: Option<std::time::Duration>,
 }
 
 /// Who made an HTTP request, as the component reported it.
@@ -41,6 +44,7 @@ pub struct Ctx {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    hooks: ProxyHooks,
     db: Arc<Db>,
     config: Arc<WasiConfigVariables>,
     caller: Arc<Mutex<Caller>>,
@@ -60,7 +64,7 @@ impl WasiHttpView for Ctx {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
     }
 }
@@ -152,6 +156,9 @@ impl Runtime {
         if let Some(upstream) = &settings.upstream {
             vars.insert("upstream", upstream.as_str());
         }
+        if let Some(timeout) = settings.upstream_timeout {
+            vars.insert("upstream-timeout-ms", timeout.as_millis().to_string());
+        }
         Ok(Runtime {
             proxy: ProxyPre::new(pre.clone())?,
             typed: TypedPre::new(pre)?,
@@ -169,6 +176,7 @@ impl Runtime {
                 table: ResourceTable::new(),
                 wasi: WasiCtx::builder().inherit_stderr().build(),
                 http: WasiHttpCtx::new(),
+                hooks: ProxyHooks,
                 db: self.db.clone(),
                 config: self.config.clone(),
                 caller,

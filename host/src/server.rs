@@ -26,6 +26,7 @@ use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::hop_by_hop::strip_connection_nominated;
 use crate::runtime::{Caller, Runtime};
 
 /// Connection limits.
@@ -288,6 +289,7 @@ async fn handle(
             req.headers_mut().insert(HOST, v);
         }
     }
+    strip_connection_nominated(req.headers_mut());
     let caller = Arc::new(Mutex::new(Caller::default()));
     let response = match run_component(runtime, req, caller.clone()).await {
         Ok(response) => response,

@@ -1,1 +1,12 @@
+//! End-to-end tests: the real `sigma-keys` binary over HTTP, with a real
+//! upstream, a temporary database and nothing mocked.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod durability;
+mod limits;
+mod management;
+mod proxy;
+mod story;
+mod support;

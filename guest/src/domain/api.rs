@@ -38,14 +38,28 @@ pub const HOP_BY_HOP: [&str; 11] = [
     "host",
 ];
 
+/// How long to wait for the upstream to connect, answer, or send more body.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+
 /// Header names are lower-case; values are raw bytes.
 pub type Headers = Vec<(String, Vec<u8>)>;
 
 /// What the component knows of its configuration.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     pub jwt_secret: Option<Vec<u8>>,
     pub upstream: Option<Upstream>,
+    pub upstream_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            jwt_secret: None,
+            upstream: None,
+            upstream_timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
+        }
+    }
 }
 
 /// The parts of a request the API decides on.

@@ -20,6 +20,7 @@ fn settings() -> Settings {
     Settings {
         jwt_secret: Some(SECRET.to_vec()),
         upstream: Some(Upstream::parse("http://127.0.0.1:9/base").unwrap()),
+        ..Settings::default()
     }
 }
 
@@ -265,7 +266,8 @@ fn credentials_are_checked_in_order() {
     let auth = format!("Bearer {}", token("acme"));
     let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
     let raw = created.body["rawKey"].as_str().unwrap().to_owned();
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("GET", "/api/v1/api-keys", vec![], 401, "unauthenticated"),
         (
             "GET",

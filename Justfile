@@ -1,0 +1,30 @@
+# Recipes for day-to-day work; the README's two commands need no `just`.
+
+# Build the component and the server (dev profile)
+build:
+    cargo build -p sigma-keys-host
+
+# Build (release) and serve; pass serve flags after, e.g. `just serve --upstream http://127.0.0.1:9000`
+serve *ARGS:
+    bash scripts/serve.sh {{ARGS}}
+
+# Everything CI runs: fmt check, clippy (host and guest), all tests
+test:
+    bash scripts/test.sh
+
+# Format all code
+fmt:
+    cargo fmt --all
+
+# Clippy with warnings as errors, natively and for the guest's wasm target
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy -p sigma-keys-guest --target wasm32-wasip2 --target-dir target/guest -- -D warnings
+
+# Build only the component: target/guest/wasm32-wasip2/release/sigma_keys_guest.wasm
+component:
+    cargo build --release -p sigma-keys-guest --target wasm32-wasip2 --target-dir target/guest
+
+# Refresh wit/deps from the wasmtime crates in Cargo.lock
+vendor-wit:
+    bash scripts/vendor-wit.sh

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints (host and guest), then every test —
+# guest unit tests natively, host unit and component tests, and the end-to-end
+# suite that drives the real binary over HTTP.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== clippy (native, all targets)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== clippy (guest, wasm32-wasip2)"
+cargo clippy -p sigma-keys-guest --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
+echo "== tests"
+cargo test --workspace --locked

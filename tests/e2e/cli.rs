@@ -1,0 +1,177 @@
+//! The command line: help, errors, keys without a server.
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, cli};
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = cli().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["token", "--help"],
+        vec!["keys", "--help"],
+        vec!["keys", "list", "--help"],
+        vec!["keys", "create", "--help"],
+        vec!["keys", "deactivate", "--help"],
+        vec!["keys", "delete", "--help"],
+    ] {
+        let (ok, stdout, _) = run(&args);
+        assert!(ok && stdout.contains("Usage:"), "{args:?}");
+    }
+}
+
+#[test]
+fn bad_usage_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let db = db.to_str().unwrap();
+    for (args, says) in [
+        (vec!["serve", "--bogus"], "--bogus"),
+        (vec!["serve", "--listen", "nowhere"], "--listen"),
+        (
+            vec!["serve", "--db", db, "--upstream", "ftp://x"],
+            "--upstream",
+        ),
+        (vec!["token", "--db", db], "--tenant"),
+        (
+            vec!["token", "--db", db, "--tenant", "a", "--ttl", "soon"],
+            "--ttl",
+        ),
+        (
+            vec![
+                "keys",
+                "create",
+                "--db",
+                db,
+                "--tenant",
+                "a",
+                "--name",
+                "n",
+                "--permissions",
+                "admin",
+            ],
+            "admin",
+        ),
+        (vec!["serve", "--db", "/proc/no/such/dir/k.db"], "database"),
+    ] {
+        let (ok, _, stderr) = run(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let (ok, _, stderr) = run(&["serve", "--listen", &addr, "--db", db.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot listen") && stderr.lines().any(|l| l.starts_with("error:")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_short_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let out = cli()
+        .env("SIGMA_JWT_SECRET", "too-short")
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"));
+}
+
+#[test]
+fn keys_are_managed_without_a_server_and_work_with_one() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_owned();
+    let (ok, stdout, stderr) = run(&[
+        "keys",
+        "create",
+        "--db",
+        &db,
+        "--tenant",
+        "acme",
+        "--name",
+        "CLI key",
+        "--permissions",
+        "read,update-data",
+    ]);
+    assert!(ok, "{stderr}");
+    let created: Value = serde_json::from_str(&stdout).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let raw = created["rawKey"].as_str().unwrap().to_owned();
+    assert!(!stderr.contains(&raw));
+
+    // The server sees the key the CLI created.
+    let v = server.send(
+        "POST",
+        "/api/v1/api-keys/verify",
+        &[],
+        Some(
+            json!({"key": raw, "permission": "update-data"})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(v.json()["keyId"], id.as_str());
+
+    let (ok, stdout, _) = run(&["keys", "list", "--db", &db, "--tenant", "acme"]);
+    assert!(ok);
+    let list: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert!(!stdout.contains(&raw));
+
+    let (ok, stdout, _) = run(&["keys", "deactivate", "--db", &db, "--tenant", "acme", &id]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["active"],
+        false
+    );
+    let v = server.send(
+        "POST",
+        "/api/v1/api-keys/verify",
+        &[],
+        Some(
+            json!({"key": raw, "permission": "read"})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(
+        v.json(),
+        json!({"valid": false, "code": "api_key_deactivated"})
+    );
+
+    let (ok, _, stderr) = run(&["keys", "delete", "--db", &db, "--tenant", "globex", &id]);
+    assert!(!ok && stderr.contains("No API key"), "{stderr}");
+    let (ok, stdout, _) = run(&["keys", "delete", "--db", &db, "--tenant", "acme", &id]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!({"deleted": true})
+    );
+}

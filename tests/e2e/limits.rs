@@ -1,0 +1,124 @@
+//! Body size, header and idle timeouts.
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::{Server, read_reply};
+
+#[test]
+fn oversized_management_bodies_get_413_as_soon_as_the_limit_is_crossed() {
+    let server = Server::start(&[]);
+    let auth = server.bearer("acme");
+
+    // Declared too large: refused without reading.
+    let big = vec![b' '; 64 * 1024 + 1];
+    let r = server.send(
+        "POST",
+        "/api/v1/api-keys",
+        &[("Authorization", &auth)],
+        Some(&big),
+    );
+    assert_eq!(r.error(), (413, "payload_too_large".into()));
+    // Exactly at the limit is read (and then judged on its JSON).
+    let mut at_limit = br#"{"name": "k", "permissions": ["read"]}"#.to_vec();
+    at_limit.resize(64 * 1024, b' ');
+    assert_eq!(
+        server
+            .send(
+                "POST",
+                "/api/v1/api-keys",
+                &[("Authorization", &auth)],
+                Some(&at_limit)
+            )
+            .status,
+        201
+    );
+
+    // Chunked, never finished: the 413 arrives while the client is still sending.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /api/v1/api-keys/verify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b' '; 8 * 1024];
+    for _ in 0..9 {
+        write!(stream, "{:x}\r\n", chunk.len()).unwrap();
+        stream.write_all(&chunk).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+    }
+    stream.flush().unwrap();
+    let r = read_reply(&mut BufReader::new(stream), false);
+    assert_eq!(r.error(), (413, "payload_too_large".into()));
+    // Nothing was created by the refused requests.
+    let list = server
+        .send("GET", "/api/v1/api-keys", &[("Authorization", &auth)], None)
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn slow_headers_are_cut_off() {
+    let server = Server::start(&["--header-timeout", "1s", "--idle-timeout", "30s"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"GET /api/v1/api-keys HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5)),
+        "still open"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    // A connection that sends nothing at all is cut off too.
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)));
+}
+
+#[test]
+fn idle_keep_alive_connections_close_after_the_idle_timeout_not_the_header_timeout() {
+    let server = Server::start(&["--header-timeout", "1s", "--idle-timeout", "3s"]);
+    let stream = TcpStream::connect(server.addr).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let ask = |w: &mut TcpStream| {
+        write!(
+            w,
+            "POST /api/v1/api-keys/verify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}"
+        )
+        .unwrap()
+    };
+    ask(&mut writer);
+    assert_eq!(read_reply(&mut reader, false).status, 400);
+    // Idle longer than the header timeout: still open.
+    std::thread::sleep(Duration::from_millis(1800));
+    ask(&mut writer);
+    assert_eq!(read_reply(&mut reader, false).status, 400);
+    // Idle longer than the idle timeout: closed.
+    let started = Instant::now();
+    let mut stream = reader.into_inner();
+    assert!(closed_within(&mut stream, Duration::from_secs(8)));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(2500), "{waited:?}");
+}
