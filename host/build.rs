@@ -1,26 +1,37 @@
 //! Builds the guest component (`wasm32-wasip2`, release) so the `sigma-keys`
-//! binary embeds it and ships as one file. The guest gets its own target
-//! directory, so this nested cargo never waits on the outer build's lock.
+//! binary embeds it and ships as one file, plus the guest test programs that
+//! the host's tests load. The guests get their own target directory, so this
+//! nested cargo never waits on the outer build's lock.
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Packages to build, and the env var each artifact's path is exported as.
+const GUESTS: [(&str, &str, &str); 2] = [
+    (
+        "sigma-keys-guest",
+        "sigma_keys_guest.wasm",
+        "SIGMA_KEYS_COMPONENT_WASM",
+    ),
+    (
+        "sigma-keys-panicking-guest",
+        "sigma_keys_panicking_guest.wasm",
+        "SIGMA_KEYS_PANICKING_GUEST_WASM",
+    ),
+];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest_dir.parent().map(PathBuf::from).unwrap_or_default();
-    for path in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
+    for path in [
+        "guest/src",
+        "guest/Cargo.toml",
+        "tests/programs",
+        "wit",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
-    }
-    println!("cargo:rerun-if-env-changed=SIGMA_KEYS_COMPONENT");
-
-    // A prebuilt component can be supplied instead (e.g. by a packager).
-    if let Some(prebuilt) = env::var_os("SIGMA_KEYS_COMPONENT") {
-        println!(
-            "cargo:rustc-env=SIGMA_KEYS_COMPONENT_WASM={}",
-            PathBuf::from(prebuilt).display()
-        );
-        return;
     }
 
     let target_dir = root.join("target").join("guest");
@@ -31,13 +42,14 @@ fn main() {
             "build",
             "--release",
             "--locked",
-            "-p",
-            "sigma-keys-guest",
             "--target",
             "wasm32-wasip2",
         ])
         .arg("--target-dir")
         .arg(&target_dir);
+    for (package, _, _) in GUESTS {
+        cmd.args(["-p", package]);
+    }
     // Settings meant for the host build must not leak into the guest build.
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
@@ -53,8 +65,7 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status();
-    match status {
+    match cmd.status() {
         Ok(s) if s.success() => {}
         Ok(s) => fail(&format!(
             "building the guest component failed ({s}); is the wasm32-wasip2 target installed? (`rustup target add wasm32-wasip2`)"
@@ -63,17 +74,14 @@ fn main() {
             "could not run cargo to build the guest component: {e}"
         )),
     }
-    let wasm = target_dir
-        .join("wasm32-wasip2")
-        .join("release")
-        .join("sigma_keys_guest.wasm");
-    if !wasm.exists() {
-        fail(&format!("the guest build produced no {}", wasm.display()));
+    let out = target_dir.join("wasm32-wasip2").join("release");
+    for (_, file, var) in GUESTS {
+        let wasm = out.join(file);
+        if !wasm.exists() {
+            fail(&format!("the guest build produced no {}", wasm.display()));
+        }
+        println!("cargo:rustc-env={var}={}", wasm.display());
     }
-    println!(
-        "cargo:rustc-env=SIGMA_KEYS_COMPONENT_WASM={}",
-        wasm.display()
-    );
 }
 
 fn fail(message: &str) -> ! {

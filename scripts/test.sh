@@ -11,6 +11,6 @@ cargo fmt --all -- --check
 echo "== clippy (native, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== clippy (guest, wasm32-wasip2)"
-cargo clippy -p sigma-keys-guest --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
+cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
 echo "== tests"
 cargo test --workspace --locked

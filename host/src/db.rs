@@ -12,6 +12,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::bindings::sigma::api_keys::store::StoreError;
 use crate::bindings::sigma::api_keys::types::{KeyRecord, Permission};
+use crate::{parse_permission, permission_name};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -27,15 +28,6 @@ const MIGRATIONS: &[&str] = &[
         deactivated_at INTEGER
     );
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);",
-];
-
-/// Permission names as stored; they never change once written.
-const PERMISSION_NAMES: [(Permission, &str); 5] = [
-    (Permission::Read, "read"),
-    (Permission::UpdateData, "update-data"),
-    (Permission::DeleteData, "delete-data"),
-    (Permission::UpdateModel, "update-model"),
-    (Permission::DeleteModel, "delete-model"),
 ];
 
 const COLUMNS: &str = "id, tenant, name, permissions, created_at, last_used_at, deactivated_at";
@@ -232,15 +224,7 @@ fn from_sql_time(v: i64) -> u64 {
 }
 
 fn permissions_to_text(permissions: &[Permission]) -> String {
-    let names: Vec<&str> = permissions
-        .iter()
-        .filter_map(|p| {
-            PERMISSION_NAMES
-                .iter()
-                .find(|(q, _)| q == p)
-                .map(|(_, n)| *n)
-        })
-        .collect();
+    let names: Vec<&str> = permissions.iter().map(|p| permission_name(*p)).collect();
     names.join(",")
 }
 
@@ -248,17 +232,13 @@ fn permissions_from_text(text: &str) -> rusqlite::Result<Vec<Permission>> {
     text.split(',')
         .filter(|s| !s.is_empty())
         .map(|name| {
-            PERMISSION_NAMES
-                .iter()
-                .find(|(_, n)| *n == name)
-                .map(|(p, _)| *p)
-                .ok_or_else(|| {
-                    rusqlite::Error::InvalidColumnType(
-                        3,
-                        format!("permission {name}"),
-                        rusqlite::types::Type::Text,
-                    )
-                })
+            parse_permission(name).ok_or_else(|| {
+                rusqlite::Error::InvalidColumnType(
+                    3,
+                    format!("permission {name}"),
+                    rusqlite::types::Type::Text,
+                )
+            })
         })
         .collect()
 }

@@ -37,3 +37,28 @@ pub use bindings::sigma::api_keys::types::{
 };
 pub use runtime::Settings;
 pub use service::Service;
+
+/// Permission names as the API, the CLI and the database spell them.
+pub const PERMISSION_NAMES: [(Permission, &str); 5] = [
+    (Permission::Read, "read"),
+    (Permission::UpdateData, "update-data"),
+    (Permission::DeleteData, "delete-data"),
+    (Permission::UpdateModel, "update-model"),
+    (Permission::DeleteModel, "delete-model"),
+];
+
+/// The name of a permission.
+pub fn permission_name(permission: Permission) -> &'static str {
+    PERMISSION_NAMES
+        .iter()
+        .find(|(p, _)| *p == permission)
+        .map_or("", |(_, name)| name)
+}
+
+/// The permission with this name.
+pub fn parse_permission(name: &str) -> Option<Permission> {
+    PERMISSION_NAMES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(p, _)| *p)
+}

@@ -125,31 +125,33 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-const PERMISSIONS: [(&str, Permission); 5] = [
-    ("read", Permission::Read),
-    ("update-data", Permission::UpdateData),
-    ("delete-data", Permission::DeleteData),
-    ("update-model", Permission::UpdateModel),
-    ("delete-model", Permission::DeleteModel),
-];
-
 fn parse_permission(s: &str) -> Result<Permission, String> {
-    PERMISSIONS
-        .iter()
-        .find(|(name, _)| *name == s.trim())
-        .map(|(_, p)| *p)
-        .ok_or_else(|| format!("unknown permission {s:?}; use read, update-data, delete-data, update-model or delete-model"))
-}
-
-fn permission_name(p: Permission) -> &'static str {
-    PERMISSIONS
-        .iter()
-        .find(|(_, q)| *q == p)
-        .map_or("?", |(n, _)| n)
+    sigma_keys::parse_permission(s.trim()).ok_or_else(|| {
+        format!("unknown permission {s:?}; use read, update-data, delete-data, update-model or delete-model")
+    })
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: what is wrong; then where to look.
+            let text = e.to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", first.join(" "));
+            eprintln!("Run `sigma-keys --help` (or `sigma-keys <command> --help`) for usage.");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SIGMA_KEYS_LOG")
@@ -307,7 +309,7 @@ fn record_json(k: &KeyRecord) -> serde_json::Value {
     let mut v = serde_json::json!({
         "id": k.id,
         "name": k.name,
-        "permissions": k.permissions.iter().map(|p| permission_name(*p)).collect::<Vec<_>>(),
+        "permissions": k.permissions.iter().map(|p| sigma_keys::permission_name(*p)).collect::<Vec<_>>(),
         "active": k.deactivated_at.is_none(),
         "createdAt": timestamp(k.created_at),
         "lastUsedAt": k.last_used_at.map(timestamp),

@@ -109,6 +109,11 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles the embedded component (cached on disk by wasmtime) and links it.
     pub fn new(db: Arc<Db>, settings: &Settings) -> Result<Runtime> {
+        Runtime::from_component(COMPONENT, db, settings)
+    }
+
+    /// The same for another build of a component of the `service` world.
+    pub fn from_component(wasm: &[u8], db: Arc<Db>, settings: &Settings) -> Result<Runtime> {
         let mut config = Config::new();
         match CacheConfig::from_file(None).and_then(Cache::new) {
             Ok(cache) => {
@@ -117,7 +122,7 @@ impl Runtime {
             Err(e) => tracing::debug!("compilation cache disabled: {e:#}"),
         }
         let engine = Engine::new(&config)?;
-        let component = Component::new(&engine, COMPONENT)
+        let component = Component::new(&engine, wasm)
             .map_err(anyhow::Error::from)
             .context("cannot compile the sigma-keys component")?;
         Runtime::with_component(engine, &component, db, settings)

@@ -68,6 +68,11 @@ fn bad_usage_fails_with_a_clear_error() {
         assert!(!ok, "{args:?} succeeded");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+        assert!(
+            lines[0].starts_with("error: ") && lines.len() <= 2,
+            "{args:?}: {stderr}"
+        );
     }
 }
 

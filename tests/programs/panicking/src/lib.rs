@@ -1,0 +1,69 @@
+//! A stand-in for the sigma-keys component that panics when a request's path
+//! ends in `/panic` and answers 200 `ok` otherwise. The host must turn the
+//! panic (a trap) into a 500 for that request and keep serving.
+
+#![allow(clippy::panic, clippy::unwrap_used)]
+#![cfg(target_arch = "wasm32")]
+
+wit_bindgen::generate!({
+    world: "service",
+    path: "../../../wit",
+    generate_all,
+});
+
+use exports::sigma::api_keys::{auth, keys};
+use sigma::api_keys::types as wit;
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Program;
+
+export!(Program);
+
+impl exports::wasi::http::incoming_handler::Guest for Program {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        if path.ends_with("/panic") {
+            panic!("this test program panics on purpose");
+        }
+        let response = OutgoingResponse::new(Fields::new());
+        let body = response.body().unwrap();
+        ResponseOutparam::set(out, Ok(response));
+        let stream = body.write().unwrap();
+        stream.blocking_write_and_flush(b"ok").unwrap();
+        drop(stream);
+        OutgoingBody::finish(body, None).unwrap();
+    }
+}
+
+impl keys::Guest for Program {
+    fn list(_: String) -> Result<Vec<wit::KeyRecord>, wit::Error> {
+        panic!("typed call")
+    }
+    fn create(
+        _: String,
+        _: String,
+        _: Vec<wit::Permission>,
+    ) -> Result<wit::CreatedKey, wit::Error> {
+        panic!("typed call")
+    }
+    fn deactivate(_: String, _: String) -> Result<wit::KeyRecord, wit::Error> {
+        panic!("typed call")
+    }
+    fn delete(_: String, _: String) -> Result<(), wit::Error> {
+        panic!("typed call")
+    }
+}
+
+impl auth::Guest for Program {
+    fn verify(_: String, _: wit::Permission) -> Result<auth::Verified, wit::Error> {
+        panic!("typed call")
+    }
+    fn authorize(_: String, _: String, _: String) -> Result<auth::Verified, wit::Error> {
+        panic!("typed call")
+    }
+    fn required_permission(_: String, _: String) -> Result<wit::Permission, wit::Error> {
+        panic!("typed call")
+    }
+}
