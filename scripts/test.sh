@@ -14,3 +14,5 @@ echo "== clippy (guest, wasm32-wasip2)"
 cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
 echo "== tests"
 cargo test --workspace --locked
+echo "== embedding examples (Python, Node)"
+bash scripts/test-examples.sh

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The embedding examples in other languages, against the component that
+# `cargo test` built (target/guest/.../sigma_keys_guest.wasm). Installs what
+# they need (a Python venv, npm packages) idempotently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+wasm=target/guest/wasm32-wasip2/release/sigma_keys_guest.wasm
+[ -f "$wasm" ] || cargo build --locked -p sigma-keys-host
+
+echo "== Python (wasmtime-py)"
+venv=target/venv-examples
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r examples/python/requirements.txt
+(cd examples/python && "../../$venv/bin/python" -m pytest -q -p no:cacheprovider)
