@@ -12,3 +12,15 @@ venv=target/venv-examples
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r examples/python/requirements.txt
 (cd examples/python && "../../$venv/bin/python" -m pytest -q -p no:cacheprovider)
+
+echo "== Node (jco + better-sqlite3)"
+(
+  cd examples/node
+  # npm ci only when the lockfile changed since the last install.
+  if ! cmp -s package-lock.json node_modules/.installed-lock.json 2>/dev/null; then
+    npm ci --no-audit --no-fund
+    cp package-lock.json node_modules/.installed-lock.json
+  fi
+  npm run --silent transpile
+  node --test
+)
