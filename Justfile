@@ -25,6 +25,10 @@ lint:
 component:
     cargo build --release -p sigma-keys-guest --target wasm32-wasip2 --target-dir target/guest
 
+# Compose the component with the wasi:keyvalue adapter: target/composed/sigma_keys_keyvalue.wasm
+compose:
+    bash scripts/compose.sh
+
 # Refresh wit/deps from the wasmtime crates in Cargo.lock
 vendor-wit:
     bash scripts/vendor-wit.sh

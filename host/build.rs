@@ -8,11 +8,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Packages to build, and the env var each artifact's path is exported as.
-const GUESTS: [(&str, &str, &str); 2] = [
+const GUESTS: [(&str, &str, &str); 3] = [
     (
         "sigma-keys-guest",
         "sigma_keys_guest.wasm",
         "SIGMA_KEYS_COMPONENT_WASM",
+    ),
+    // The store-on-wasi:keyvalue adapter, composed with the component for stock hosts.
+    (
+        "sigma-keys-keyvalue-adapter",
+        "sigma_keys_keyvalue_adapter.wasm",
+        "SIGMA_KEYS_KEYVALUE_ADAPTER_WASM",
     ),
     (
         "sigma-keys-panicking-guest",
@@ -24,13 +30,7 @@ const GUESTS: [(&str, &str, &str); 2] = [
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest_dir.parent().map(PathBuf::from).unwrap_or_default();
-    for path in [
-        "guest/src",
-        "guest/Cargo.toml",
-        "tests/programs",
-        "wit",
-        "Cargo.lock",
-    ] {
+    for path in ["guest", "adapters", "tests/programs", "wit", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 

@@ -11,7 +11,11 @@ echo "== Python (wasmtime-py)"
 venv=target/venv-examples
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r examples/python/requirements.txt
-(cd examples/python && "../../$venv/bin/python" -m pytest -q -p no:cacheprovider)
+(
+  cd examples/python
+  "../../$venv/bin/python" example.py "../../$wasm"
+  "../../$venv/bin/python" -m pytest -q -p no:cacheprovider
+)
 
 echo "== Node (jco + better-sqlite3)"
 (
@@ -22,5 +26,6 @@ echo "== Node (jco + better-sqlite3)"
     cp package-lock.json node_modules/.installed-lock.json
   fi
   npm run --silent transpile
+  node example.js
   node --test
 )

@@ -12,6 +12,8 @@ echo "== clippy (native, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== clippy (guest, wasm32-wasip2)"
 cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
+echo "== tools for the stock-host tests (wasmtime CLI, wac; installed once into tools/)"
+bash scripts/tools.sh
 echo "== tests"
 cargo test --workspace --locked
 echo "== embedding examples (Python, Node)"

@@ -9,6 +9,11 @@ src_of() {
 }
 http=$(src_of wasmtime-wasi-http)
 config=$(src_of wasmtime-wasi-config)
+# wasi:keyvalue is for the keyvalue adapter (adapters/keyvalue), not the host:
+# take it from the wasmtime-wasi-keyvalue crate of the same wasmtime version.
+version=$(basename "$http" | sed 's/^wasmtime-wasi-http-//')
+keyvalue="$(dirname "$http")/wasmtime-wasi-keyvalue-$version"
+[ -d "$keyvalue" ] || cargo info "wasmtime-wasi-keyvalue@$version" >/dev/null
 rm -rf wit/deps
 mkdir -p wit/deps
 for f in "$http"/wit/deps/*.wit; do
@@ -17,4 +22,5 @@ for f in "$http"/wit/deps/*.wit; do
   cp "$f" "wit/deps/$name/$name.wit"
 done
 cp -r "$config/wit/deps/config" wit/deps/config
-echo "wit/deps refreshed from $http and $config"
+cp -r "$keyvalue/wit/deps/keyvalue" wit/deps/keyvalue
+echo "wit/deps refreshed from $http, $config and $keyvalue"

@@ -21,12 +21,19 @@ wit_bindgen::generate!({
 });
 
 use exports::sigma::api_keys::{auth, keys};
-use sigma::api_keys::{request_log, store, types as wit};
+use sigma::api_keys::{request_log, store};
 use wasi::http::types::{
     ErrorCode as HttpErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody,
     OutgoingRequest, OutgoingResponse, RequestOptions, ResponseOutparam, Scheme,
 };
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
+
+/// The types of the exported interfaces.
+mod wit {
+    pub use super::exports::sigma::api_keys::keys::{
+        CreatedKey, Error, ErrorCode, KeyRecord, Permission,
+    };
+}
 
 struct Component;
 
@@ -34,25 +41,37 @@ export!(Component);
 
 // ---- conversions -------------------------------------------------------
 
-fn permission_to_wit(p: Permission) -> wit::Permission {
-    match p {
-        Permission::Read => wit::Permission::Read,
-        Permission::UpdateData => wit::Permission::UpdateData,
-        Permission::DeleteData => wit::Permission::DeleteData,
-        Permission::UpdateModel => wit::Permission::UpdateModel,
-        Permission::DeleteModel => wit::Permission::DeleteModel,
-    }
+/// Permission conversions for one WIT enum (the store's and the API's are distinct types).
+macro_rules! permission_conversions {
+    ($to:ident, $from:ident, $wit:ty) => {
+        fn $to(p: Permission) -> $wit {
+            match p {
+                Permission::Read => <$wit>::Read,
+                Permission::UpdateData => <$wit>::UpdateData,
+                Permission::DeleteData => <$wit>::DeleteData,
+                Permission::UpdateModel => <$wit>::UpdateModel,
+                Permission::DeleteModel => <$wit>::DeleteModel,
+            }
+        }
+
+        fn $from(p: $wit) -> Permission {
+            match p {
+                <$wit>::Read => Permission::Read,
+                <$wit>::UpdateData => Permission::UpdateData,
+                <$wit>::DeleteData => Permission::DeleteData,
+                <$wit>::UpdateModel => Permission::UpdateModel,
+                <$wit>::DeleteModel => Permission::DeleteModel,
+            }
+        }
+    };
 }
 
-fn permission_from_wit(p: wit::Permission) -> Permission {
-    match p {
-        wit::Permission::Read => Permission::Read,
-        wit::Permission::UpdateData => Permission::UpdateData,
-        wit::Permission::DeleteData => Permission::DeleteData,
-        wit::Permission::UpdateModel => Permission::UpdateModel,
-        wit::Permission::DeleteModel => Permission::DeleteModel,
-    }
-}
+permission_conversions!(permission_to_wit, permission_from_wit, wit::Permission);
+permission_conversions!(
+    permission_to_store,
+    permission_from_store,
+    store::Permission
+);
 
 fn record_to_wit(r: &KeyRecord) -> wit::KeyRecord {
     wit::KeyRecord {
@@ -71,9 +90,29 @@ fn record_to_wit(r: &KeyRecord) -> wit::KeyRecord {
     }
 }
 
-fn record_from_wit(r: wit::KeyRecord) -> KeyRecord {
-    let mut permissions: Vec<Permission> =
-        r.permissions.into_iter().map(permission_from_wit).collect();
+fn record_to_store(r: &KeyRecord) -> store::StoredKey {
+    store::StoredKey {
+        id: r.id.clone(),
+        tenant: r.tenant.clone(),
+        name: r.name.clone(),
+        permissions: r
+            .permissions
+            .iter()
+            .copied()
+            .map(permission_to_store)
+            .collect(),
+        created_at: r.created_at,
+        last_used_at: r.last_used_at,
+        deactivated_at: r.deactivated_at,
+    }
+}
+
+fn record_from_store(r: store::StoredKey) -> KeyRecord {
+    let mut permissions: Vec<Permission> = r
+        .permissions
+        .into_iter()
+        .map(permission_from_store)
+        .collect();
     permissions.sort();
     permissions.dedup();
     KeyRecord {
@@ -116,18 +155,18 @@ struct HostStore;
 
 impl KeyStore for HostStore {
     fn insert(&self, key: &KeyRecord, hash: &KeyHash) -> Result<(), StoreError> {
-        store::insert(&record_to_wit(key), &hash.0).map_err(store_error)
+        store::insert(&record_to_store(key), &hash.0).map_err(store_error)
     }
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         Ok(store::find_by_hash(&hash.0)
             .map_err(store_error)?
-            .map(record_from_wit))
+            .map(record_from_store))
     }
     fn list(&self, tenant: &str) -> Result<Vec<KeyRecord>, StoreError> {
         Ok(store::list(tenant)
             .map_err(store_error)?
             .into_iter()
-            .map(record_from_wit)
+            .map(record_from_store)
             .collect())
     }
     fn deactivate(
@@ -138,7 +177,7 @@ impl KeyStore for HostStore {
     ) -> Result<Option<KeyRecord>, StoreError> {
         Ok(store::deactivate(tenant, id, at)
             .map_err(store_error)?
-            .map(record_from_wit))
+            .map(record_from_store))
     }
     fn remove(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         store::remove(tenant, id).map_err(store_error)

@@ -10,9 +10,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
-use crate::bindings::sigma::api_keys::store::StoreError;
-use crate::bindings::sigma::api_keys::types::{KeyRecord, Permission};
-use crate::{parse_permission, permission_name};
+use crate::bindings::sigma::api_keys::store::{Permission, StoreError, StoredKey as KeyRecord};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -28,6 +26,15 @@ const MIGRATIONS: &[&str] = &[
         deactivated_at INTEGER
     );
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);",
+];
+
+/// Permission names as stored; they never change once written.
+const PERMISSION_NAMES: [(Permission, &str); 5] = [
+    (Permission::Read, "read"),
+    (Permission::UpdateData, "update-data"),
+    (Permission::DeleteData, "delete-data"),
+    (Permission::UpdateModel, "update-model"),
+    (Permission::DeleteModel, "delete-model"),
 ];
 
 const COLUMNS: &str = "id, tenant, name, permissions, created_at, last_used_at, deactivated_at";
@@ -224,7 +231,15 @@ fn from_sql_time(v: i64) -> u64 {
 }
 
 fn permissions_to_text(permissions: &[Permission]) -> String {
-    let names: Vec<&str> = permissions.iter().map(|p| permission_name(*p)).collect();
+    let names: Vec<&str> = permissions
+        .iter()
+        .filter_map(|p| {
+            PERMISSION_NAMES
+                .iter()
+                .find(|(q, _)| q == p)
+                .map(|(_, n)| *n)
+        })
+        .collect();
     names.join(",")
 }
 
@@ -232,13 +247,17 @@ fn permissions_from_text(text: &str) -> rusqlite::Result<Vec<Permission>> {
     text.split(',')
         .filter(|s| !s.is_empty())
         .map(|name| {
-            parse_permission(name).ok_or_else(|| {
-                rusqlite::Error::InvalidColumnType(
-                    3,
-                    format!("permission {name}"),
-                    rusqlite::types::Type::Text,
-                )
-            })
+            PERMISSION_NAMES
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(p, _)| *p)
+                .ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(
+                        3,
+                        format!("permission {name}"),
+                        rusqlite::types::Type::Text,
+                    )
+                })
         })
         .collect()
 }

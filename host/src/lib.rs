@@ -32,13 +32,13 @@ pub mod server;
 mod service;
 
 pub use bindings::exports::sigma::api_keys::auth::Verified;
-pub use bindings::sigma::api_keys::types::{
+pub use bindings::exports::sigma::api_keys::keys::{
     CreatedKey, Error as KeyError, ErrorCode, KeyRecord, Permission,
 };
 pub use runtime::Settings;
-pub use service::Service;
+pub use service::{Service, Session};
 
-/// Permission names as the API, the CLI and the database spell them.
+/// Permission names as the API and the CLI spell them.
 pub const PERMISSION_NAMES: [(Permission, &str); 5] = [
     (Permission::Read, "read"),
     (Permission::UpdateData, "update-data"),

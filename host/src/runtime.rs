@@ -11,8 +11,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::bindings::sigma::api_keys::store::{self, StoreError};
-use crate::bindings::sigma::api_keys::types::{self, KeyRecord};
+use crate::bindings::sigma::api_keys::store::{self, StoreError, StoredKey as KeyRecord};
 use crate::bindings::{Typed, TypedPre};
 use crate::db::Db;
 use crate::hop_by_hop::ProxyHooks;
@@ -68,8 +67,6 @@ impl WasiHttpView for Ctx {
         }
     }
 }
-
-impl types::Host for Ctx {}
 
 impl store::Host for Ctx {
     fn insert(&mut self, key: KeyRecord, hash: Vec<u8>) -> Result<(), StoreError> {

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+use crate::bindings::Typed;
 use crate::bindings::exports::sigma::api_keys::auth::Verified;
-use crate::bindings::sigma::api_keys::types::{
+use crate::bindings::exports::sigma::api_keys::keys::{
     CreatedKey, Error as KeyError, KeyRecord, Permission,
 };
 use crate::db::Db;
-use crate::runtime::{Runtime, Settings};
+use crate::runtime::{Ctx, Runtime, Settings};
 
 /// The sigma-keys component over a SQLite database.
 ///
@@ -37,6 +38,14 @@ impl Service {
     /// The runtime, to serve HTTP with it too.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.clone()
+    }
+
+    /// One warm instance for many `auth` calls (a hot path that verifies
+    /// every request). Drop it after an `Err` from the host: a trapped
+    /// instance cannot be used again.
+    pub async fn session(&self) -> Result<Session> {
+        let (store, api) = self.runtime.typed().await?;
+        Ok(Session { store, api })
     }
 
     /// The tenant's keys, oldest first.
@@ -117,6 +126,41 @@ impl Service {
         Ok(api
             .sigma_api_keys_auth()
             .call_required_permission(&mut store, method, path)
+            .await?)
+    }
+}
+
+/// A warm component instance, reused across `auth` calls.
+pub struct Session {
+    store: wasmtime::Store<Ctx>,
+    api: Typed,
+}
+
+impl Session {
+    /// Checks a raw key for a permission.
+    pub async fn verify(
+        &mut self,
+        raw_key: &str,
+        permission: Permission,
+    ) -> Result<Result<Verified, KeyError>> {
+        Ok(self
+            .api
+            .sigma_api_keys_auth()
+            .call_verify(&mut self.store, raw_key, permission)
+            .await?)
+    }
+
+    /// Checks a raw key for an HTTP request (`path` with `/api/v1`).
+    pub async fn authorize(
+        &mut self,
+        raw_key: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<Result<Verified, KeyError>> {
+        Ok(self
+            .api
+            .sigma_api_keys_auth()
+            .call_authorize(&mut self.store, raw_key, method, path)
             .await?)
     }
 }

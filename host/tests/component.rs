@@ -176,3 +176,39 @@ async fn the_route_table_through_the_typed_interface() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::MethodNotAllowed);
 }
+
+#[tokio::test]
+async fn a_warm_session_sees_every_change_at_once() {
+    let (_dir, svc) = service();
+    let created = svc
+        .create("acme", "hot", &[Permission::Read])
+        .await
+        .unwrap()
+        .unwrap();
+    let mut session = svc.session().await.unwrap();
+    for _ in 0..100 {
+        let v = session
+            .verify(&created.raw_key, Permission::Read)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.key_id, created.key.id);
+    }
+    svc.deactivate("acme", &created.key.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = session
+        .verify(&created.raw_key, Permission::Read)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::ApiKeyDeactivated);
+    svc.delete("acme", &created.key.id).await.unwrap().unwrap();
+    let e = session
+        .authorize(&created.raw_key, "GET", "/api/v1/records")
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidApiKey);
+}

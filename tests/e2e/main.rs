@@ -8,5 +8,6 @@ mod durability;
 mod limits;
 mod management;
 mod proxy;
+mod stock_host;
 mod story;
 mod support;

@@ -4,6 +4,7 @@ pub mod api;
 pub mod error;
 pub mod jwt;
 pub mod keys;
+pub mod memory;
 pub mod permission;
 pub mod random;
 pub mod raw_key;

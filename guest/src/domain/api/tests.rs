@@ -1,5 +1,5 @@
 use super::*;
-use crate::domain::keys::memory::MemoryStore;
+use crate::domain::memory::MemoryStore;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";

@@ -12,7 +12,9 @@ wit_bindgen::generate!({
 });
 
 use exports::sigma::api_keys::{auth, keys};
-use sigma::api_keys::types as wit;
+mod wit {
+    pub use super::exports::sigma::api_keys::keys::{CreatedKey, Error, KeyRecord, Permission};
+}
 use wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
