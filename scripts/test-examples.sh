@@ -7,14 +7,19 @@ cd "$(dirname "$0")/.."
 wasm=target/guest/wasm32-wasip2/release/sigma_keys_guest.wasm
 [ -f "$wasm" ] || cargo build --locked -p sigma-keys-host
 
+echo "== Rust (examples/embed.rs)"
+cargo run --quiet --locked -p sigma-keys-host --example embed
+
+echo "== wasmtime serve composition (scripts/compose.sh)"
+bash scripts/compose.sh
+
 echo "== Python (wasmtime-py)"
-venv=target/venv-examples
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r examples/python/requirements.txt
 (
   cd examples/python
-  "../../$venv/bin/python" example.py "../../$wasm"
-  "../../$venv/bin/python" -m pytest -q -p no:cacheprovider
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python example.py ../../target/guest/wasm32-wasip2/release/sigma_keys_guest.wasm
+  .venv/bin/python -m pytest -q -p no:cacheprovider
 )
 
 echo "== Node (jco + better-sqlite3)"
