@@ -12,6 +12,14 @@ serve *ARGS:
 test:
     bash scripts/test.sh
 
+# The benchmark suite (release build, a few minutes): target/bench/report.json
+bench:
+    bash scripts/bench.sh
+
+# A short benchmark run on the dev build: proves the suite works (CI runs it)
+bench-quick:
+    bash scripts/bench.sh --quick
+
 # Format all code
 fmt:
     cargo fmt --all

@@ -14,6 +14,9 @@ echo "== clippy (guest, wasm32-wasip2)"
 cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
 echo "== tools for the stock-host tests (wasmtime CLI, wac; installed once into tools/)"
 bash scripts/tools.sh
+echo "== benchmark smoke test (bench.sh --quick: the suite runs; no timing is asserted)"
+bash scripts/bench.sh --quick > target/bench-quick.log 2>&1 || { cat target/bench-quick.log; exit 1; }
+tail -n 3 target/bench-quick.log
 echo "== tests"
 cargo test --workspace --locked
 echo "== embedding examples (Python, Node)"

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Cache, CacheConfig, Config, Engine, Store};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -36,6 +38,19 @@ pub struct Caller {
     pub tenant: Option<String>,
     pub key_id: Option<String>,
     pub subject: Option<String>,
+}
+
+/// Instances that may be alive at once (requests in flight plus typed calls).
+pub const MAX_INSTANCES: u32 = 512;
+
+fn pooling_limits() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(MAX_INSTANCES)
+        .total_core_instances(MAX_INSTANCES * 8)
+        .total_memories(MAX_INSTANCES * 2)
+        .total_tables(MAX_INSTANCES * 8)
+        .max_memory_size(256 << 20);
+    pool
 }
 
 /// Per-call state of one component instance.
@@ -118,7 +133,18 @@ impl Runtime {
             }
             Err(e) => tracing::debug!("compilation cache disabled: {e:#}"),
         }
-        let engine = Engine::new(&config)?;
+        // Every request gets a fresh instance; the pooling allocator makes
+        // that cheap by reusing pre-reserved memory slots instead of mapping
+        // and unmapping memory per instance.
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_limits()));
+        let engine = match Engine::new(&pooled) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!("pooling allocator unavailable ({e:#}); allocating per instance");
+                Engine::new(&config)?
+            }
+        };
         let component = Component::new(&engine, wasm)
             .map_err(anyhow::Error::from)
             .context("cannot compile the sigma-keys component")?;

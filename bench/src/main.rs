@@ -1,0 +1,794 @@
+//! The sigma-keys benchmark suite. Every comparison is a ratio against a
+//! baseline measured in the same run, on the same machine, so drift between
+//! runs cancels out. Writes `target/bench/report.json` and prints a table.
+//!
+//! `sigma-keys-bench [--quick] --server PATH --wasmtime PATH --hello PATH`
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+mod servers;
+
+/// One line of the report.
+struct Measurement {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline: Option<String>,
+    ratio: Option<f64>,
+    note: String,
+}
+
+struct Report(Vec<Measurement>);
+
+/// What a comparison should show.
+#[derive(Clone, Copy)]
+enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+    None,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: f64, unit: &'static str, note: &str) {
+        println!("  {name}: {value:.2} {unit} {note}");
+        self.0.push(Measurement {
+            name: name.into(),
+            value,
+            unit,
+            baseline: None,
+            ratio: None,
+            note: note.into(),
+        });
+    }
+
+    /// A comparison row: `name` / `baseline` (both already added), and
+    /// whether the target holds.
+    fn compare(&mut self, name: &str, baseline: &str, target: Target) {
+        let value = |n: &str| self.0.iter().find(|m| m.name == n).map(|m| m.value);
+        let (Some(v), Some(b)) = (value(name), value(baseline)) else {
+            return;
+        };
+        let ratio = v / b;
+        let (goal, met) = match target {
+            Target::AtMost(x) => (format!("target <= {x}"), ratio <= x),
+            Target::AtLeast(x) => (format!("target >= {x}"), ratio >= x),
+            Target::None => (String::new(), true),
+        };
+        let note = if goal.is_empty() {
+            String::new()
+        } else {
+            format!("{goal}: {}", if met { "met" } else { "NOT met" })
+        };
+        println!("  {name} / {baseline} = {ratio:.3} {note}");
+        self.0.push(Measurement {
+            name: format!("{name} / {baseline}"),
+            value: ratio,
+            unit: "ratio",
+            baseline: Some(baseline.into()),
+            ratio: Some(ratio),
+            note,
+        });
+    }
+
+    fn json(&self) -> Value {
+        Value::Array(
+            self.0
+                .iter()
+                .map(|m| {
+                    json!({"name": m.name, "value": m.value, "unit": m.unit,
+                           "baseline": m.baseline, "ratio": m.ratio, "note": m.note})
+                })
+                .collect(),
+        )
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::from(
+            "| measurement | value | unit | baseline | ratio | note |\n| --- | ---: | --- | --- | ---: | --- |\n",
+        );
+        for m in &self.0 {
+            out.push_str(&format!(
+                "| {} | {:.2} | {} | {} | {} | {} |\n",
+                m.name,
+                m.value,
+                m.unit,
+                m.baseline.as_deref().unwrap_or(""),
+                m.ratio.map(|r| format!("{r:.3}")).unwrap_or_default(),
+                m.note
+            ));
+        }
+        out
+    }
+}
+
+struct Options {
+    quick: bool,
+    server: PathBuf,
+    wasmtime: PathBuf,
+    hello: PathBuf,
+    out: PathBuf,
+}
+
+fn options() -> Result<Options> {
+    let mut args = std::env::args().skip(1);
+    let mut o = Options {
+        quick: false,
+        server: PathBuf::new(),
+        wasmtime: PathBuf::new(),
+        hello: PathBuf::new(),
+        out: PathBuf::from("target/bench"),
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--server" => o.server = args.next().context("--server PATH")?.into(),
+            "--wasmtime" => o.wasmtime = args.next().context("--wasmtime PATH")?.into(),
+            "--hello" => o.hello = args.next().context("--hello PATH")?.into(),
+            "--out" => o.out = args.next().context("--out DIR")?.into(),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    for (p, what) in [
+        (&o.server, "--server"),
+        (&o.wasmtime, "--wasmtime"),
+        (&o.hello, "--hello"),
+    ] {
+        if !p.exists() {
+            bail!("{what} {} does not exist", p.display());
+        }
+    }
+    Ok(o)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let o = options()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut report = Report(Vec::new());
+    let runs = if o.quick { 1 } else { 3 };
+    println!(
+        "sigma-keys bench ({}; {runs} run(s) per point, median)",
+        if o.quick { "quick" } else { "full" }
+    );
+
+    println!("verify_inprocess");
+    verify_inprocess(&runtime, &o, runs, &mut report)?;
+    println!("proxy_auth");
+    proxy_auth(&runtime, &o, runs, &mut report)?;
+    println!("verify_http");
+    verify_http(&o, runs, &mut report)?;
+    println!("scaling");
+    scaling(&runtime, &o, &mut report)?;
+    println!("startup");
+    startup(&o, runs, &mut report)?;
+
+    std::fs::create_dir_all(&o.out)?;
+    let path = o.out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report.json())?)?;
+    println!("\n{}", report.markdown());
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+// ---- 1. verify in process: component vs the same code natively ------------
+
+fn verify_inprocess(
+    rt: &tokio::runtime::Runtime,
+    o: &Options,
+    runs: usize,
+    report: &mut Report,
+) -> Result<()> {
+    use sigma_keys_guest::domain::{keys, memory::MemoryStore, permission::Permission as P};
+    let calls = if o.quick { 2_000 } else { 50_000 };
+
+    // Native: the guest's domain code, compiled for this machine, in-memory store.
+    let store = MemoryStore::default();
+    let (_, raw) =
+        keys::create(&store, "acme", "bench", &[P::Read]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut native = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        for _ in 0..calls {
+            keys::verify(&store, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        native.push(start.elapsed().as_nanos() as f64 / calls as f64);
+    }
+    report.add(
+        "verify_inprocess.native",
+        median(native),
+        "ns/call",
+        "domain code, in-memory store",
+    );
+
+    // Component: auth.verify on one warm instance, SQLite store.
+    let dir = tempfile::tempdir()?;
+    let component = rt.block_on(async {
+        let service =
+            sigma_keys::Service::open(&dir.path().join("k.db"), &sigma_keys::Settings::default())?;
+        let created = service
+            .create("acme", "bench", &[sigma_keys::Permission::Read])
+            .await??;
+        let mut session = service.session().await?;
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            for _ in 0..calls {
+                session
+                    .verify(&created.raw_key, sigma_keys::Permission::Read)
+                    .await??;
+            }
+            times.push(start.elapsed().as_nanos() as f64 / calls as f64);
+        }
+        anyhow::Ok(median(times))
+    })?;
+    report.add(
+        "verify_inprocess.component",
+        component,
+        "ns/call",
+        "warm instance, SQLite store",
+    );
+    report.compare(
+        "verify_inprocess.component",
+        "verify_inprocess.native",
+        Target::AtMost(2.0),
+    );
+    Ok(())
+}
+
+// ---- load generation ----------------------------------------------------
+
+/// What one wrk run measured.
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(
+    url: &str,
+    connections: usize,
+    secs: u64,
+    headers: &[&str],
+    script: Option<&Path>,
+) -> Result<Load> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        "2",
+        "-c",
+        &connections.to_string(),
+        "-d",
+        &format!("{secs}s"),
+        "--latency",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let latency = |pct: &str| -> Result<f64> {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(pct))
+            .with_context(|| format!("no {pct} latency in wrk output"))?;
+        parse_duration_ms(line.split_whitespace().nth(1).unwrap_or(""))
+    };
+    if text.contains("Non-2xx or 3xx responses") {
+        bail!("wrk saw error responses from {url}:\n{text}");
+    }
+    Ok(Load {
+        rps,
+        p50_ms: latency("50%")?,
+        p99_ms: latency("99%")?,
+    })
+}
+
+fn parse_duration_ms(s: &str) -> Result<f64> {
+    let (num, factor) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        bail!("bad wrk duration {s:?}")
+    };
+    Ok(num.parse::<f64>()? * factor)
+}
+
+fn load(
+    url: &str,
+    connections: usize,
+    secs: u64,
+    headers: &[&str],
+    script: Option<&Path>,
+    runs: usize,
+) -> Result<Load> {
+    // Warm-up, then the median of several runs.
+    wrk(url, connections, 1, headers, script)?;
+    let mut all = Vec::new();
+    for _ in 0..runs {
+        all.push(wrk(url, connections, secs, headers, script)?);
+    }
+    Ok(Load {
+        rps: median(all.iter().map(|l| l.rps).collect()),
+        p50_ms: median(all.iter().map(|l| l.p50_ms).collect()),
+        p99_ms: median(all.iter().map(|l| l.p99_ms).collect()),
+    })
+}
+
+fn add_load(report: &mut Report, name: &str, l: &Load, note: &str) {
+    report.add(&format!("{name}.rps"), l.rps, "req/s", note);
+    report.add(&format!("{name}.p50"), l.p50_ms, "ms", note);
+    report.add(&format!("{name}.p99"), l.p99_ms, "ms", note);
+}
+
+// ---- the real server ----------------------------------------------------
+
+/// A `sigma-keys serve` child process.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(bin: &Path, db: &Path, extra: &[&str], cache: Option<&Path>) -> Result<Serve> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .args(extra)
+        .env("SIGMA_KEYS_LOG", "warn")
+        .env_remove("SIGMA_JWT_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(c) = cache {
+        cmd.env("XDG_CACHE_HOME", c);
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.strip_prefix("sigma-keys listening on http://") {
+                    break rest.trim().parse()?;
+                }
+            }
+            _ => bail!("sigma-keys did not start"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Serve { child, addr })
+}
+
+fn token(bin: &Path, db: &Path) -> Result<String> {
+    let out = Command::new(bin)
+        .args(["token", "--tenant", "bench", "--ttl", "2h", "--db"])
+        .arg(db)
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// One HTTP/1.1 request on its own connection; (status, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("status")?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn create_key(addr: SocketAddr, bearer: &str) -> Result<String> {
+    let auth = format!("Bearer {bearer}");
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/api-keys",
+        &[("Authorization", &auth)],
+        r#"{"name":"bench","permissions":["read"]}"#,
+    )?;
+    if status != 201 {
+        bail!("create failed: {status} {body}");
+    }
+    let v: Value = serde_json::from_str(&body)?;
+    Ok(v["rawKey"].as_str().context("rawKey")?.to_owned())
+}
+
+fn lua_post(dir: &Path, name: &str, body: &str, headers: &[(&str, &str)]) -> Result<PathBuf> {
+    let mut script = format!(
+        "wrk.method = \"POST\"\nwrk.body = {}\n",
+        serde_json::to_string(body)?
+    );
+    for (n, v) in headers {
+        script.push_str(&format!(
+            "wrk.headers[\"{n}\"] = {}\n",
+            serde_json::to_string(v)?
+        ));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, script)?;
+    Ok(path)
+}
+
+// ---- 2. proxying with authentication ------------------------------------
+
+fn proxy_auth(
+    rt: &tokio::runtime::Runtime,
+    o: &Options,
+    runs: usize,
+    report: &mut Report,
+) -> Result<()> {
+    let secs = if o.quick { 2 } else { 5 };
+    let upstream = rt.block_on(servers::upstream())?;
+    let plain = rt.block_on(servers::plain_proxy(upstream))?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("k.db");
+    let up = format!("http://{upstream}");
+    let sigma = serve(&o.server, &db, &["--upstream", &up], None)?;
+    let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
+    let key = format!("X-Sigma-ApiKey: {raw}");
+
+    let direct = load(
+        &format!("http://{upstream}/api/v1/records"),
+        64,
+        secs,
+        &[],
+        None,
+        runs,
+    )?;
+    add_load(
+        report,
+        "proxy_auth.upstream_direct",
+        &direct,
+        "the limit: no proxy",
+    );
+    let proxied = load(
+        &format!("http://{plain}/api/v1/records"),
+        64,
+        secs,
+        &[],
+        None,
+        runs,
+    )?;
+    add_load(
+        report,
+        "proxy_auth.plain_proxy",
+        &proxied,
+        "native hyper proxy, no auth",
+    );
+    let ours = load(
+        &format!("http://{}/api/v1/records", sigma.addr),
+        64,
+        secs,
+        &[&key],
+        None,
+        runs,
+    )?;
+    add_load(
+        report,
+        "proxy_auth.sigma_keys",
+        &ours,
+        "sigma-keys serve --upstream, valid key",
+    );
+    report.compare(
+        "proxy_auth.sigma_keys.rps",
+        "proxy_auth.plain_proxy.rps",
+        Target::AtLeast(0.7),
+    );
+    report.compare(
+        "proxy_auth.sigma_keys.rps",
+        "proxy_auth.upstream_direct.rps",
+        Target::None,
+    );
+    let p99 = ours.p99_ms;
+    report.add(
+        "proxy_auth.sigma_keys.p99_under_5ms",
+        if p99 < 5.0 { 1.0 } else { 0.0 },
+        "bool",
+        &format!(
+            "target p99 < 5 ms: {}",
+            if p99 < 5.0 { "met" } else { "NOT met" }
+        ),
+    );
+    Ok(())
+}
+
+// ---- 3. the verify endpoint vs a stock runtime's hello world ------------
+
+fn verify_http(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
+    let secs = if o.quick { 2 } else { 5 };
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("k.db");
+    let sigma = serve(&o.server, &db, &[], None)?;
+    let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
+    let body = json!({"key": raw, "permission": "read"}).to_string();
+    let script = lua_post(
+        dir.path(),
+        "verify.lua",
+        &body,
+        &[("Content-Type", "application/json")],
+    )?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut hello = Command::new(&o.wasmtime)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .arg(&o.hello)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("wasmtime serve did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stock = load(&format!("http://{addr}/"), 64, secs, &[], None, runs);
+    let _ = hello.kill();
+    let _ = hello.wait();
+    add_load(
+        report,
+        "verify_http.wasmtime_serve_hello",
+        &stock?,
+        "stock wasmtime serve, hello world",
+    );
+    let ours = load(
+        &format!("http://{}/api/v1/api-keys/verify", sigma.addr),
+        64,
+        secs,
+        &[],
+        Some(&script),
+        runs,
+    )?;
+    add_load(
+        report,
+        "verify_http.sigma_keys",
+        &ours,
+        "POST /api/v1/api-keys/verify",
+    );
+    report.compare(
+        "verify_http.sigma_keys.rps",
+        "verify_http.wasmtime_serve_hello.rps",
+        Target::AtLeast(1.5),
+    );
+    Ok(())
+}
+
+// ---- 4. scaling with the number of keys ---------------------------------
+
+/// Fills a fresh database with `n` random keys (hashes only) in one transaction.
+fn fill(db: &Path, n: usize) -> Result<()> {
+    drop(sigma_keys::db::Db::open(db)?); // creates the schema
+    let mut conn = rusqlite::Connection::open(db)?;
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare(
+            "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at) VALUES (?1, ?2, 'filler', ?3, 'read', ?4)",
+        )?;
+        let mut hash = [0u8; 32];
+        for i in 0..n {
+            rand_core::TryRngCore::try_fill_bytes(&mut rand_core::OsRng, &mut hash)?;
+            stmt.execute(rusqlite::params![
+                format!("apikey-fill{i:016}"),
+                format!("t{}", i % 1000),
+                &hash[..],
+                i as i64
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn db_bytes(db: &Path) -> u64 {
+    let mut total = 0;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        total += std::fs::metadata(PathBuf::from(p))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    }
+    total
+}
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn scaling(_rt: &tokio::runtime::Runtime, o: &Options, report: &mut Report) -> Result<()> {
+    let sizes: &[usize] = if o.quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 100_000, 1_000_000]
+    };
+    let secs = if o.quick { 2 } else { 4 };
+    let mut first = None;
+    for &n in sizes {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("k.db");
+        fill(&db, n)?;
+        let sigma = serve(&o.server, &db, &[], None)?;
+        let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
+        let body = json!({"key": raw, "permission": "read"}).to_string();
+        let script = lua_post(dir.path(), "verify.lua", &body, &[])?;
+        let l = load(
+            &format!("http://{}/api/v1/api-keys/verify", sigma.addr),
+            8,
+            secs,
+            &[],
+            Some(&script),
+            1,
+        )?;
+        let name = format!("scaling.verify_p50.keys_{n}");
+        report.add(&name, l.p50_ms, "ms", "POST verify, 8 connections");
+        match &first {
+            None => first = Some(name),
+            Some(base) => report.compare(&name, &base.clone(), Target::AtMost(1.5)),
+        }
+        report.add(
+            &format!("scaling.db_bytes_per_key.keys_{n}"),
+            db_bytes(&db) as f64 / n as f64,
+            "bytes",
+            "database + WAL",
+        );
+        if Some(&n) == sizes.last() {
+            report.add(
+                &format!("scaling.server_rss.keys_{n}"),
+                rss_kib(sigma.child.id()) / 1024.0,
+                "MiB",
+                "after the verify load",
+            );
+        }
+    }
+
+    // Durable key creation: every 201 is on disk (synchronous=FULL).
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("k.db");
+    let sigma = serve(&o.server, &db, &[], None)?;
+    let bearer = format!("Bearer {}", token(&o.server, &db)?);
+    let script = lua_post(
+        dir.path(),
+        "create.lua",
+        r#"{"name":"bench","permissions":["read"]}"#,
+        &[("Authorization", &bearer)],
+    )?;
+    let l = wrk(
+        &format!("http://{}/api/v1/api-keys", sigma.addr),
+        8,
+        secs,
+        &[],
+        Some(&script),
+    )?;
+    report.add(
+        "scaling.create_durable",
+        l.rps,
+        "keys/s",
+        "POST /api-keys, 8 connections, fsync per key",
+    );
+    Ok(())
+}
+
+// ---- 5. start-up ----------------------------------------------------------
+
+fn startup(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
+    let mut cold = Vec::new();
+    let mut cached = Vec::new();
+    for _ in 0..runs {
+        let cache = tempfile::tempdir()?;
+        for (i, list) in [&mut cold, &mut cached].into_iter().enumerate() {
+            let dir = tempfile::tempdir()?;
+            let db = dir.path().join("k.db");
+            let start = Instant::now();
+            let s = serve(&o.server, &db, &[], Some(cache.path()))?;
+            loop {
+                if let Ok((200, _)) = http(
+                    s.addr,
+                    "POST",
+                    "/api/v1/api-keys/verify",
+                    &[],
+                    r#"{"key":"x","permission":"read"}"#,
+                ) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            list.push(start.elapsed().as_secs_f64() * 1000.0);
+            if i == 0 {
+                // wasmtime writes its cache in the background.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    report.add(
+        "startup.cold",
+        median(cold),
+        "ms",
+        "process start to first 200, empty compilation cache",
+    );
+    report.add(
+        "startup.cached",
+        median(cached),
+        "ms",
+        "process start to first 200, cached compilation",
+    );
+    report.compare("startup.cached", "startup.cold", Target::None);
+    let cached_ms = report
+        .0
+        .iter()
+        .find(|m| m.name == "startup.cached")
+        .map_or(0.0, |m| m.value);
+    report.add(
+        "startup.cached_target_300ms",
+        if cached_ms < 300.0 { 1.0 } else { 0.0 },
+        "bool",
+        &format!("cached start {cached_ms:.0} ms < 300 ms"),
+    );
+    Ok(())
+}
