@@ -27,7 +27,7 @@ fmt:
 # Clippy with warnings as errors, natively and for the guest's wasm target
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest --target wasm32-wasip2 --target-dir target/guest -- -D warnings
+    cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest -p sigma-keys-keyvalue-adapter -p sigma-keys-bench-hello --target wasm32-wasip2 --target-dir target/guest -- -D warnings
 
 # Build only the component: target/guest/wasm32-wasip2/release/sigma_keys_guest.wasm
 component:
