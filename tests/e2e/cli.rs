@@ -132,16 +132,7 @@ fn keys_are_managed_without_a_server_and_work_with_one() {
     assert!(!stderr.contains(&raw));
 
     // The server sees the key the CLI created.
-    let v = server.send(
-        "POST",
-        "/api/v1/api-keys/verify",
-        &[],
-        Some(
-            json!({"key": raw, "permission": "update-data"})
-                .to_string()
-                .as_bytes(),
-        ),
-    );
+    let v = server.verify(json!({"key": raw, "permission": "update-data"}));
     assert_eq!(v.json()["keyId"], id.as_str());
 
     let (ok, stdout, _) = run(&["keys", "list", "--db", &db, "--tenant", "acme"]);
@@ -156,16 +147,7 @@ fn keys_are_managed_without_a_server_and_work_with_one() {
         serde_json::from_str::<Value>(&stdout).unwrap()["active"],
         false
     );
-    let v = server.send(
-        "POST",
-        "/api/v1/api-keys/verify",
-        &[],
-        Some(
-            json!({"key": raw, "permission": "read"})
-                .to_string()
-                .as_bytes(),
-        ),
-    );
+    let v = server.verify(json!({"key": raw, "permission": "read"}));
     assert_eq!(
         v.json(),
         json!({"valid": false, "code": "api_key_deactivated"})

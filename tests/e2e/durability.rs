@@ -53,16 +53,7 @@ fn acknowledged_writes_survive_kill_9() {
     assert_eq!(names.first(), Some(&"key 0"), "oldest first");
     for (i, (_, raw)) in keys.iter().enumerate() {
         let v = server
-            .send(
-                "POST",
-                "/api/v1/api-keys/verify",
-                &[],
-                Some(
-                    json!({"key": raw, "permission": "read"})
-                        .to_string()
-                        .as_bytes(),
-                ),
-            )
+            .verify(json!({"key": raw, "permission": "read"}))
             .json();
         let expected = match i {
             3 => json!({"valid": false, "code": "api_key_deactivated"}),

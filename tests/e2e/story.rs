@@ -145,16 +145,7 @@ fn create_list_use_deactivate_delete() {
             "{method} {p}"
         );
     }
-    let v = server.send(
-        "POST",
-        "/api/v1/api-keys/verify",
-        &[],
-        Some(
-            json!({"key": raw, "permission": "read"})
-                .to_string()
-                .as_bytes(),
-        ),
-    );
+    let v = server.verify(json!({"key": raw, "permission": "read"}));
     assert_eq!(
         v.json(),
         json!({"valid": false, "code": "api_key_deactivated"})

@@ -151,6 +151,16 @@ impl Server {
         request(self.addr, method, path, headers, body)
     }
 
+    /// `POST /api/v1/api-keys/verify` with this body.
+    pub fn verify(&self, body: Value) -> Reply {
+        self.send(
+            "POST",
+            "/api/v1/api-keys/verify",
+            &[],
+            Some(body.to_string().as_bytes()),
+        )
+    }
+
     /// Creates a key for `tenant` and returns (id, raw key).
     pub fn create_key(&self, tenant: &str, name: &str, permissions: &[&str]) -> (String, String) {
         let body = serde_json::json!({"name": name, "permissions": permissions}).to_string();
