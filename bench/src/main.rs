@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+mod native_db;
 mod servers;
 
 /// One line of the report.
@@ -213,6 +214,27 @@ fn verify_inprocess(
         "domain code, in-memory store",
     );
 
+    // Native again, over the same SQLite store the component uses: what the
+    // store costs, separately from what the component boundary costs.
+    let dir = tempfile::tempdir()?;
+    let db = native_db::NativeDb(sigma_keys::db::Db::open(&dir.path().join("n.db"))?);
+    let (_, raw) =
+        keys::create(&db, "acme", "bench", &[P::Read]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut native_sqlite = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        for _ in 0..calls {
+            keys::verify(&db, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        native_sqlite.push(start.elapsed().as_nanos() as f64 / calls as f64);
+    }
+    report.add(
+        "verify_inprocess.native_sqlite",
+        median(native_sqlite),
+        "ns/call",
+        "domain code, the SQLite store",
+    );
+
     // Component: auth.verify on one warm instance, SQLite store.
     let dir = tempfile::tempdir()?;
     let component = rt.block_on(async {
@@ -244,6 +266,11 @@ fn verify_inprocess(
         "verify_inprocess.component",
         "verify_inprocess.native",
         Target::AtMost(2.0),
+    );
+    report.compare(
+        "verify_inprocess.component",
+        "verify_inprocess.native_sqlite",
+        Target::None,
     );
     Ok(())
 }
