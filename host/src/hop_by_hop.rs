@@ -3,10 +3,13 @@
 //! knows which extra headers a `Connection` header names, so they go here.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use hyper::HeaderMap;
 use hyper::header::{CONNECTION, HeaderName};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::upstream_pool::UpstreamPool;
 
 /// Removes every header that a `Connection` header names.
 pub fn strip_connection_nominated(headers: &mut HeaderMap) {
@@ -22,9 +25,12 @@ pub fn strip_connection_nominated(headers: &mut HeaderMap) {
     }
 }
 
-/// `wasi:http` hooks: the default client, minus connection-specific response headers.
-#[derive(Default)]
-pub struct ProxyHooks;
+/// `wasi:http` hooks: pooled upstream connections, minus connection-specific
+/// response headers.
+#[derive(Clone, Default)]
+pub struct ProxyHooks {
+    pub pool: Arc<UpstreamPool>,
+}
 
 type SendResult = wasmtime_wasi_http::Result<(
     hyper::Response<WasiBody>,
@@ -38,15 +44,11 @@ impl WasiHttpHooks for ProxyHooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let pool = self.pool.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (mut response, io) =
-                wasmtime_wasi_http::default_send_request(request, options).await?;
+            let (mut response, io) = pool.send(request, options).await?;
             strip_connection_nominated(response.headers_mut());
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            Ok((response, io))
         })
     }
 }

@@ -30,6 +30,7 @@ pub mod runtime;
 pub mod secret;
 pub mod server;
 mod service;
+mod upstream_pool;
 
 pub use bindings::exports::sigma::api_keys::auth::Verified;
 pub use bindings::exports::sigma::api_keys::keys::{

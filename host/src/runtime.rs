@@ -116,6 +116,8 @@ pub struct Runtime {
     typed: TypedPre<Ctx>,
     db: Arc<Db>,
     config: Arc<WasiConfigVariables>,
+    /// Shared by every instance, so upstream connections outlive requests.
+    hooks: ProxyHooks,
 }
 
 impl Runtime {
@@ -193,6 +195,7 @@ impl Runtime {
             engine,
             db,
             config: Arc::new(vars),
+            hooks: ProxyHooks::default(),
         })
     }
 
@@ -204,7 +207,7 @@ impl Runtime {
                 table: ResourceTable::new(),
                 wasi: WasiCtx::builder().inherit_stderr().build(),
                 http: WasiHttpCtx::new(),
-                hooks: ProxyHooks,
+                hooks: self.hooks.clone(),
                 db: self.db.clone(),
                 config: self.config.clone(),
                 caller,

@@ -271,6 +271,37 @@ fn upstream_failures_are_502_and_504() {
 }
 
 #[test]
+fn upstream_connections_are_reused() {
+    let upstream = Upstream::start();
+    let server = Server::with_upstream(&upstream, &[]);
+    let (_, raw) = server.create_key("acme", "k", &["read", "update-data"]);
+    for i in 0..10 {
+        // Each client request on its own connection, with and without a body.
+        let body = format!("body {i}");
+        let r = if i % 2 == 0 {
+            server.send("GET", "/api/v1/records", &[("X-Sigma-ApiKey", &raw)], None)
+        } else {
+            server.send(
+                "POST",
+                "/api/v1/records",
+                &[("X-Sigma-ApiKey", &raw)],
+                Some(body.as_bytes()),
+            )
+        };
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let hits = upstream.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let connections = upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(hits, 10);
+    assert!(
+        connections <= 2,
+        "{connections} upstream connections for 10 sequential requests"
+    );
+}
+
+#[test]
 fn keep_alive_connections_serve_many_requests() {
     let upstream = Upstream::start();
     let server = Server::with_upstream(&upstream, &[]);

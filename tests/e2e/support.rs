@@ -317,6 +317,8 @@ pub fn read_reply(reader: &mut impl BufRead, head_only: bool) -> Reply {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicUsize>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -333,11 +335,14 @@ impl Upstream {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let counter = counter.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
@@ -353,6 +358,7 @@ impl Upstream {
         Upstream {
             addr,
             hits,
+            connections,
             _runtime: runtime,
         }
     }
