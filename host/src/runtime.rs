@@ -10,7 +10,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::sigma::api_keys::store::{self, StoreError, StoredKey as KeyRecord};
@@ -51,6 +51,19 @@ fn pooling_limits() -> PoolingAllocationConfig {
         .total_tables(MAX_INSTANCES * 8)
         .max_memory_size(256 << 20);
     pool
+}
+
+/// Warm HTTP instances kept between requests.
+const MAX_IDLE_INSTANCES: usize = 64;
+/// An instance is retired after this many requests, which bounds whatever a
+/// long-lived instance might accumulate.
+const MAX_REQUESTS_PER_INSTANCE: u32 = 10_000;
+
+/// A component instance that serves HTTP requests one at a time.
+pub(crate) struct HttpInstance {
+    pub(crate) store: Store<Ctx>,
+    pub(crate) proxy: Proxy,
+    served: u32,
 }
 
 /// Per-call state of one component instance.
@@ -118,6 +131,8 @@ pub struct Runtime {
     config: Arc<WasiConfigVariables>,
     /// Shared by every instance, so upstream connections outlive requests.
     hooks: ProxyHooks,
+    /// Instances that finished a request and wait for the next.
+    warm: Mutex<Vec<HttpInstance>>,
 }
 
 impl Runtime {
@@ -196,6 +211,7 @@ impl Runtime {
             db,
             config: Arc::new(vars),
             hooks: ProxyHooks::default(),
+            warm: Mutex::new(Vec::new()),
         })
     }
 
@@ -213,6 +229,42 @@ impl Runtime {
                 caller,
             },
         )
+    }
+
+    /// An instance ready to handle an HTTP request: a warm one that served
+    /// earlier requests, or a new one.
+    pub(crate) async fn http_instance(&self, caller: Arc<Mutex<Caller>>) -> Result<HttpInstance> {
+        let warm = self.warm.lock().ok().and_then(|mut idle| idle.pop());
+        match warm {
+            Some(mut instance) => {
+                instance.store.data_mut().caller = caller;
+                Ok(instance)
+            }
+            None => {
+                let mut store = self.new_store(caller);
+                let proxy = self.proxy.instantiate_async(&mut store).await?;
+                Ok(HttpInstance {
+                    store,
+                    proxy,
+                    served: 0,
+                })
+            }
+        }
+    }
+
+    /// Keeps an instance that handled a request to completion for the next one.
+    /// An instance that trapped is never given back: it is dropped.
+    pub(crate) fn give_back(&self, mut instance: HttpInstance) {
+        instance.served += 1;
+        if instance.served >= MAX_REQUESTS_PER_INSTANCE {
+            return;
+        }
+        if let Ok(mut idle) = self.warm.lock()
+            && idle.len() < MAX_IDLE_INSTANCES
+        {
+            instance.store.data_mut().caller = Arc::default();
+            idle.push(instance);
+        }
     }
 
     /// An instance for typed calls to `keys` and `auth`.

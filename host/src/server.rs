@@ -27,7 +27,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::hop_by_hop::strip_connection_nominated;
-use crate::runtime::{Caller, Runtime};
+use crate::runtime::{Caller, HttpInstance, Runtime};
 
 /// Connection limits.
 #[derive(Clone, Copy, Debug)]
@@ -275,7 +275,7 @@ impl AsyncWrite for WatchedIo {
 
 /// One request: run the component, log one line, never fail the connection.
 async fn handle(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     mut req: Request<Incoming>,
     local: SocketAddr,
 ) -> Response<HyperOutgoingBody> {
@@ -312,25 +312,37 @@ async fn handle(
 }
 
 async fn run_component(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     req: Request<Incoming>,
     caller: Arc<Mutex<Caller>>,
 ) -> Result<Response<HyperOutgoingBody>> {
-    let mut store = runtime.new_store(caller);
+    let mut instance = runtime.http_instance(caller).await?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let incoming = store
+    let incoming = instance
+        .store
         .data_mut()
         .http()
         .new_incoming_request(Scheme::Http, req)?;
-    let outparam = store.data_mut().http().new_response_outparam(sender)?;
-    let pre = runtime.proxy.clone();
-    // The handler may go on streaming the body after it sets the response.
+    let outparam = instance
+        .store
+        .data_mut()
+        .http()
+        .new_response_outparam(sender)?;
+    let runtime = runtime.clone();
+    // The handler may go on streaming the body after it sets the response;
+    // the instance serves the next request only once this one is done.
     let task = tokio::spawn(async move {
-        let proxy = pre.instantiate_async(&mut store).await?;
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, incoming, outparam)
-            .await
+        let result = {
+            let HttpInstance { store, proxy, .. } = &mut instance;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(store, incoming, outparam)
+                .await
+        };
+        if result.is_ok() {
+            runtime.give_back(instance);
+        }
+        result
     });
     match receiver.await {
         Ok(Ok(response)) => Ok(response),

@@ -324,3 +324,27 @@ fn keep_alive_connections_serve_many_requests() {
         assert_eq!(r.status, if i % 2 == 0 { 200 } else { 404 });
     }
 }
+
+#[test]
+fn a_reused_instance_never_carries_one_request_into_the_next() {
+    let upstream = Upstream::start();
+    let server = Server::with_upstream(&upstream, &[]);
+    let (id, raw) = server.create_key("acme", "k", &["read"]);
+    for _ in 0..5 {
+        let ok = server.send("GET", "/api/v1/records", &[("X-Sigma-ApiKey", &raw)], None);
+        assert_eq!(ok.json()["headers"]["x-sigma-key-id"], json!([id]));
+        // Sequential requests run on warm instances: no credential must stay no credential.
+        let anonymous = server.send("GET", "/api/v1/records", &[], None);
+        assert_eq!(anonymous.error(), (401, "unauthenticated".into()));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = server.logs();
+    let anonymous: Vec<&str> = logs.lines().filter(|l| l.contains("status=401")).collect();
+    assert_eq!(anonymous.len(), 5, "{logs}");
+    for line in anonymous {
+        assert!(
+            line.contains(r#"key_id="-""#) && line.contains(r#"tenant="-""#),
+            "{line}"
+        );
+    }
+}
