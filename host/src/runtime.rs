@@ -150,9 +150,9 @@ impl Runtime {
             }
             Err(e) => tracing::debug!("compilation cache disabled: {e:#}"),
         }
-        // Every request gets a fresh instance; the pooling allocator makes
-        // that cheap by reusing pre-reserved memory slots instead of mapping
-        // and unmapping memory per instance.
+        // Typed calls and HTTP pool misses create instances; the pooling
+        // allocator makes that cheap by reusing pre-reserved memory slots
+        // instead of mapping and unmapping memory per instance.
         let mut pooled = config.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_limits()));
         let engine = match Engine::new(&pooled) {

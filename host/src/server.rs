@@ -1,7 +1,9 @@
 //! The HTTP server: hyper in front of the component's `wasi:http` handler.
 //!
-//! Each request runs in a fresh component instance, so a trap or panic in the
-//! guest fails that request alone (with a 500), never the server.
+//! Each request runs on a component instance of its own (a warm one that
+//! finished an earlier request, or a new one). An instance that traps or
+//! panics is dropped, so the failure is a 500 for that request alone, never
+//! the server's.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
