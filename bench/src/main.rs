@@ -192,45 +192,24 @@ fn verify_inprocess(
     runs: usize,
     report: &mut Report,
 ) -> Result<()> {
-    use sigma_keys_guest::domain::{keys, memory::MemoryStore, permission::Permission as P};
+    use sigma_keys_guest::domain::memory::MemoryStore;
     let calls = if o.quick { 2_000 } else { 50_000 };
 
-    // Native: the guest's domain code, compiled for this machine, in-memory store.
-    let store = MemoryStore::default();
-    let (_, raw) =
-        keys::create(&store, "acme", "bench", &[P::Read]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut native = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        for _ in 0..calls {
-            keys::verify(&store, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        native.push(start.elapsed().as_nanos() as f64 / calls as f64);
-    }
+    // Native: the guest's domain code compiled for this machine, over an
+    // in-memory store, and over the same SQLite store the component uses (what
+    // the store costs, apart from what the component boundary costs).
+    let memory = MemoryStore::default();
     report.add(
         "verify_inprocess.native",
-        median(native),
+        native_verify_ns(&memory, calls, runs)?,
         "ns/call",
         "domain code, in-memory store",
     );
-
-    // Native again, over the same SQLite store the component uses: what the
-    // store costs, separately from what the component boundary costs.
     let dir = tempfile::tempdir()?;
-    let db = native_db::NativeDb(sigma_keys::db::Db::open(&dir.path().join("n.db"))?);
-    let (_, raw) =
-        keys::create(&db, "acme", "bench", &[P::Read]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut native_sqlite = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        for _ in 0..calls {
-            keys::verify(&db, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        native_sqlite.push(start.elapsed().as_nanos() as f64 / calls as f64);
-    }
+    let sqlite = native_db::NativeDb(sigma_keys::db::Db::open(&dir.path().join("n.db"))?);
     report.add(
         "verify_inprocess.native_sqlite",
-        median(native_sqlite),
+        native_verify_ns(&sqlite, calls, runs)?,
         "ns/call",
         "domain code, the SQLite store",
     );
@@ -273,6 +252,26 @@ fn verify_inprocess(
         Target::None,
     );
     Ok(())
+}
+
+/// Median ns per `keys::verify` of one key, natively, over `store`.
+fn native_verify_ns(
+    store: &dyn sigma_keys_guest::domain::keys::KeyStore,
+    calls: usize,
+    runs: usize,
+) -> Result<f64> {
+    use sigma_keys_guest::domain::{keys, permission::Permission as P};
+    let (_, raw) =
+        keys::create(store, "acme", "bench", &[P::Read]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        for _ in 0..calls {
+            keys::verify(store, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
+    }
+    Ok(median(times))
 }
 
 // ---- load generation ----------------------------------------------------
