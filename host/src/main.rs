@@ -240,7 +240,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             println!("  upstream: none (resource requests get 502 no_upstream; set --upstream URL)")
         }
     }
-    println!("  get a token: sigma-keys token --db {db_arg} --tenant <tenant>");
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "sigma-keys".into());
+    println!("  get a token: {exe} token --db {db_arg} --tenant <tenant>");
     let limits = Limits {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
