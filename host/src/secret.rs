@@ -32,7 +32,12 @@ pub fn file_for(db: &Path) -> PathBuf {
 
 /// The secret to use with `db`, creating the file if there is neither it nor the variable.
 pub fn resolve(db: &Path) -> Result<(String, Source)> {
-    if let Some(value) = std::env::var_os(ENV_VAR) {
+    resolve_from(std::env::var_os(ENV_VAR), db)
+}
+
+/// [`resolve`] with the variable's value passed in.
+fn resolve_from(env: Option<std::ffi::OsString>, db: &Path) -> Result<(String, Source)> {
+    if let Some(value) = env {
         let Some(value) = value.to_str().map(str::to_owned) else {
             bail!("{ENV_VAR} is not valid UTF-8");
         };
@@ -118,16 +123,28 @@ mod tests {
     fn a_generated_secret_is_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("keys.db");
-        // Only meaningful when the variable is not set in the test environment.
-        if std::env::var_os(ENV_VAR).is_some() {
-            return;
-        }
-        let (first, source) = resolve(&db).unwrap();
+        let (first, source) = resolve_from(None, &db).unwrap();
         assert_eq!(source, Source::Generated(file_for(&db)));
         assert_eq!(first.len(), 64);
         let mode = fs::metadata(file_for(&db)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let (second, source) = resolve(&db).unwrap();
+        let (second, source) = resolve_from(None, &db).unwrap();
         assert_eq!((second, source), (first, Source::File(file_for(&db))));
+    }
+
+    #[test]
+    fn the_variable_wins_and_must_be_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("keys.db");
+        let long = "x".repeat(MIN_LEN);
+        assert_eq!(
+            resolve_from(Some(long.clone().into()), &db).unwrap(),
+            (long, Source::Env)
+        );
+        assert!(resolve_from(Some("short".into()), &db).is_err());
+        assert!(
+            !file_for(&db).exists(),
+            "no file is written when the variable is set"
+        );
     }
 }
