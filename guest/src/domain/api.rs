@@ -8,7 +8,7 @@ use super::error::{ApiError, ErrorCode};
 use super::jwt::{self, Principal};
 use super::keys::{self, KeyStore, Verified};
 use super::permission::Permission;
-use super::routes::{API_BASE, METHODS};
+use super::routes::{self, API_BASE, METHODS};
 use super::upstream::Upstream;
 
 /// Largest management request body, in bytes.
@@ -145,8 +145,7 @@ fn error_reply(e: &ApiError) -> Reply {
         }
         ErrorCode::MethodNotAllowed => {
             // Resource 405s carry the resource methods; management ones set their own.
-            let methods: Vec<&str> = METHODS.iter().map(|(m, _)| *m).collect();
-            r.headers.push(("allow".into(), methods.join(", ")));
+            r.headers.push(("allow".into(), routes::allowed_methods()));
         }
         _ => {}
     }
@@ -445,10 +444,9 @@ fn verify_endpoint(
         }
         (None, Some(m), Some(p)) => {
             if !METHODS.iter().any(|(name, _)| *name == m) {
-                let names: Vec<&str> = METHODS.iter().map(|(n, _)| *n).collect();
                 return Err(ApiError::invalid_request(format!(
                     "method must be one of: {}",
-                    names.join(", ")
+                    routes::allowed_methods()
                 )));
             }
             keys::authorize(store, key, m, p)
