@@ -125,7 +125,7 @@ impl store::Host for Ctx {
 /// The compiled component, ready to instantiate per request or per call.
 pub struct Runtime {
     engine: Engine,
-    pub(crate) proxy: ProxyPre<Ctx>,
+    proxy: ProxyPre<Ctx>,
     typed: TypedPre<Ctx>,
     db: Arc<Db>,
     config: Arc<WasiConfigVariables>,
