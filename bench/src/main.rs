@@ -2,7 +2,7 @@
 //! baseline measured in the same run, on the same machine, so drift between
 //! runs cancels out. Writes `target/bench/report.json` and prints a table.
 //!
-//! `sigma-keys-bench [--quick] --server PATH --wasmtime PATH --hello PATH`
+//! `sigma-keys-bench [--quick] [--only SECTION]... --server PATH --wasmtime PATH --hello PATH`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -113,6 +113,8 @@ impl Report {
 
 struct Options {
     quick: bool,
+    /// Sections to run; all when empty.
+    only: Vec<String>,
     server: PathBuf,
     wasmtime: PathBuf,
     hello: PathBuf,
@@ -123,6 +125,7 @@ fn options() -> Result<Options> {
     let mut args = std::env::args().skip(1);
     let mut o = Options {
         quick: false,
+        only: Vec::new(),
         server: PathBuf::new(),
         wasmtime: PathBuf::new(),
         hello: PathBuf::new(),
@@ -131,6 +134,7 @@ fn options() -> Result<Options> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--only" => o.only.push(args.next().context("--only SECTION")?),
             "--server" => o.server = args.next().context("--server PATH")?.into(),
             "--wasmtime" => o.wasmtime = args.next().context("--wasmtime PATH")?.into(),
             "--hello" => o.hello = args.next().context("--hello PATH")?.into(),
@@ -165,16 +169,28 @@ fn main() -> Result<()> {
         if o.quick { "quick" } else { "full" }
     );
 
-    println!("verify_inprocess");
-    verify_inprocess(&runtime, &o, runs, &mut report)?;
-    println!("proxy_auth");
-    proxy_auth(&runtime, &o, runs, &mut report)?;
-    println!("verify_http");
-    verify_http(&o, runs, &mut report)?;
-    println!("scaling");
-    scaling(&runtime, &o, &mut report)?;
-    println!("startup");
-    startup(&o, runs, &mut report)?;
+    let run = |section: &str| {
+        let wanted = o.only.is_empty() || o.only.iter().any(|s| s == section);
+        if wanted {
+            println!("{section}");
+        }
+        wanted
+    };
+    if run("verify_inprocess") {
+        verify_inprocess(&runtime, &o, runs, &mut report)?;
+    }
+    if run("proxy_auth") {
+        proxy_auth(&runtime, &o, runs, &mut report)?;
+    }
+    if run("verify_http") {
+        verify_http(&o, runs, &mut report)?;
+    }
+    if run("scaling") {
+        scaling(&runtime, &o, &mut report)?;
+    }
+    if run("startup") {
+        startup(&o, runs, &mut report)?;
+    }
 
     std::fs::create_dir_all(&o.out)?;
     let path = o.out.join("report.json");

@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use crate::domain::api::{
-    self, BodyError, BodySource, Caller, Outcome, Reply, RequestHead, Settings,
+    self, BodyError, BodySource, Caller, Decision, Outcome, Reply, RequestHead, Settings,
+    UpstreamFailure,
 };
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::jwt::MIN_SECRET_LEN;
@@ -20,7 +21,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::sigma::api_keys::{auth, keys};
+use exports::sigma::api_keys::{auth, gateway, keys};
 use sigma::api_keys::{request_log, store};
 use wasi::http::types::{
     ErrorCode as HttpErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody,
@@ -260,6 +261,63 @@ impl auth::Guest for Component {
     }
 }
 
+impl gateway::Guest for Component {
+    fn decide(head: gateway::RequestHead) -> gateway::Decision {
+        let request = RequestHead {
+            method: &head.method,
+            path_with_query: &head.path_with_query,
+            headers: &head.headers,
+        };
+        let mut caller = Caller::default();
+        let decision = api::decide(&HostStore, settings(), &request, &mut caller);
+        if !matches!(decision, Decision::Handle) {
+            identify(&caller);
+        }
+        match decision {
+            Decision::Reply(reply) => gateway::Decision::Reply(reply_to_wit(&reply)),
+            Decision::Forward(plan) => gateway::Decision::Forward(gateway::Forward {
+                scheme: match plan.upstream.scheme {
+                    UpstreamScheme::Http => gateway::Scheme::Http,
+                    UpstreamScheme::Https => gateway::Scheme::Https,
+                },
+                authority: plan.upstream.authority,
+                path_with_query: plan.path_with_query,
+                headers: plan.headers,
+                timeout_ms: settings().upstream_timeout_ms,
+            }),
+            Decision::Handle => gateway::Decision::Handle,
+        }
+    }
+
+    fn upstream_failed(failure: gateway::UpstreamFailure) -> gateway::Reply {
+        reply_to_wit(&api::upstream_failed(match failure {
+            gateway::UpstreamFailure::Timeout => UpstreamFailure::Timeout,
+            gateway::UpstreamFailure::Unreachable => UpstreamFailure::Unreachable,
+        }))
+    }
+
+    fn hop_by_hop_headers() -> Vec<String> {
+        api::HOP_BY_HOP.iter().map(|n| (*n).to_owned()).collect()
+    }
+}
+
+fn reply_to_wit(reply: &Reply) -> gateway::Reply {
+    let (status, headers, body) = reply.to_http();
+    gateway::Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn identify(caller: &Caller) {
+    request_log::identify(
+        caller.tenant.as_deref(),
+        caller.key_id.as_deref(),
+        caller.subject.as_deref(),
+    );
+}
+
 // ---- wasi:http ---------------------------------------------------------
 
 /// Configuration from `wasi:config/store`, read once per instance.
@@ -357,11 +415,7 @@ impl exports::wasi::http::incoming_handler::Guest for Component {
             &mut RequestBody { request: &request },
             &mut caller,
         );
-        request_log::identify(
-            caller.tenant.as_deref(),
-            caller.key_id.as_deref(),
-            caller.subject.as_deref(),
-        );
+        identify(&caller);
         match outcome {
             Outcome::Reply(reply) => send_reply(out, &reply),
             Outcome::Forward(plan) => forward(&request, &method, plan, out),
@@ -370,17 +424,7 @@ impl exports::wasi::http::incoming_handler::Guest for Component {
 }
 
 fn send_reply(out: ResponseOutparam, reply: &Reply) {
-    let body = serde_json::to_vec(&reply.body).unwrap_or_default();
-    let mut headers: Vec<(String, Vec<u8>)> = vec![
-        ("content-type".into(), b"application/json".to_vec()),
-        ("content-length".into(), body.len().to_string().into_bytes()),
-    ];
-    headers.extend(
-        reply
-            .headers
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone().into_bytes())),
-    );
+    let (status, headers, body) = reply.to_http();
     let Ok(fields) = Fields::from_list(&headers) else {
         ResponseOutparam::set(
             out,
@@ -391,7 +435,7 @@ fn send_reply(out: ResponseOutparam, reply: &Reply) {
         return;
     };
     let response = OutgoingResponse::new(fields);
-    let _ = response.set_status_code(reply.status);
+    let _ = response.set_status_code(status);
     let Ok(out_body) = response.body() else {
         ResponseOutparam::set(out, Err(HttpErrorCode::InternalError(None)));
         return;
@@ -420,20 +464,15 @@ fn wasi_method(name: &str) -> Method {
     }
 }
 
-fn upstream_error(e: &HttpErrorCode) -> ApiError {
+fn upstream_error(out: ResponseOutparam, e: &HttpErrorCode) {
     eprintln!("sigma-keys component: upstream request failed: {e:?}");
-    match e {
+    let failure = match e {
         HttpErrorCode::ConnectionTimeout
         | HttpErrorCode::ConnectionReadTimeout
-        | HttpErrorCode::HttpResponseTimeout => ApiError::new(
-            ErrorCode::UpstreamTimeout,
-            "The upstream did not answer in time. Retry later.",
-        ),
-        _ => ApiError::new(
-            ErrorCode::UpstreamUnavailable,
-            "The upstream could not be reached. Retry later.",
-        ),
-    }
+        | HttpErrorCode::HttpResponseTimeout => UpstreamFailure::Timeout,
+        _ => UpstreamFailure::Unreachable,
+    };
+    send_reply(out, &api::upstream_failed(failure));
 }
 
 fn reply_error(out: ResponseOutparam, e: &ApiError) {
@@ -497,7 +536,7 @@ fn forward(request: &IncomingRequest, method: &str, plan: api::Forward, out: Res
     let _ = options.set_between_bytes_timeout(Some(timeout_ns));
     let pending = match wasi::http::outgoing_handler::handle(upstream_request, Some(options)) {
         Ok(p) => p,
-        Err(e) => return reply_error(out, &upstream_error(&e)),
+        Err(e) => return upstream_error(out, &e),
     };
 
     // Stream the client's body to the upstream as it arrives.
@@ -517,7 +556,7 @@ fn forward(request: &IncomingRequest, method: &str, plan: api::Forward, out: Res
     };
     let response = match response {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return reply_error(out, &upstream_error(&e)),
+        Ok(Err(e)) => return upstream_error(out, &e),
         Err(()) => return reply_error(out, &ApiError::internal("upstream response taken twice")),
     };
 

@@ -1,20 +1,21 @@
 //! Loads the sigma-keys component into wasmtime and wires its imports to the
 //! SQLite store, the configuration and the request log.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::bindings::sigma::api_keys::request_log;
 use crate::bindings::sigma::api_keys::store::{self, StoreError, StoredKey as KeyRecord};
-use crate::bindings::{Typed, TypedPre};
+use crate::bindings::{Typed, TypedIndices};
 use crate::db::Db;
 use crate::hop_by_hop::ProxyHooks;
 
@@ -59,10 +60,12 @@ const MAX_IDLE_INSTANCES: usize = 64;
 /// long-lived instance might accumulate.
 const MAX_REQUESTS_PER_INSTANCE: u32 = 10_000;
 
-/// A component instance that serves HTTP requests one at a time.
+/// A component instance that serves HTTP requests one at a time, through
+/// `gateway` and, for requests that need it, the `wasi:http` handler.
 pub(crate) struct HttpInstance {
     pub(crate) store: Store<Ctx>,
     pub(crate) proxy: Proxy,
+    pub(crate) typed: Typed,
     served: u32,
 }
 
@@ -96,6 +99,23 @@ impl WasiHttpView for Ctx {
     }
 }
 
+impl request_log::Host for Ctx {
+    fn identify(
+        &mut self,
+        tenant: Option<String>,
+        key_id: Option<String>,
+        subject: Option<String>,
+    ) {
+        if let Ok(mut caller) = self.caller.lock() {
+            *caller = Caller {
+                tenant,
+                key_id,
+                subject,
+            };
+        }
+    }
+}
+
 impl store::Host for Ctx {
     fn insert(&mut self, key: KeyRecord, hash: Vec<u8>) -> Result<(), StoreError> {
         self.db.insert(&key, &hash)
@@ -125,8 +145,11 @@ impl store::Host for Ctx {
 /// The compiled component, ready to instantiate per request or per call.
 pub struct Runtime {
     engine: Engine,
-    proxy: ProxyPre<Ctx>,
-    typed: TypedPre<Ctx>,
+    pre: InstancePre<Ctx>,
+    proxy: ProxyIndices,
+    typed: TypedIndices,
+    /// What the component names as hop-by-hop, asked once.
+    hop_by_hop: OnceLock<Arc<[hyper::header::HeaderName]>>,
     db: Arc<Db>,
     config: Arc<WasiConfigVariables>,
     /// Shared by every instance, so upstream connections outlive requests.
@@ -181,18 +204,6 @@ impl Runtime {
             WasiConfig::from(&*c.config)
         })?;
         Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-        linker
-            .instance("sigma:api-keys/request-log@0.1.0")?
-            .func_wrap(
-                "identify",
-                |store: wasmtime::StoreContextMut<'_, Ctx>,
-                 (tenant, key_id, subject): (Option<String>, Option<String>, Option<String>)| {
-                    if let Ok(mut caller) = store.data().caller.lock() {
-                        *caller = Caller { tenant, key_id, subject };
-                    }
-                    Ok(())
-                },
-            )?;
         let pre = linker.instantiate_pre(component)?;
         let mut vars = WasiConfigVariables::new();
         if let Some(secret) = &settings.jwt_secret {
@@ -205,8 +216,10 @@ impl Runtime {
             vars.insert("upstream-timeout-ms", timeout.as_millis().to_string());
         }
         Ok(Runtime {
-            proxy: ProxyPre::new(pre.clone())?,
-            typed: TypedPre::new(pre)?,
+            proxy: ProxyIndices::new(&pre)?,
+            typed: TypedIndices::new(&pre)?,
+            pre,
+            hop_by_hop: OnceLock::new(),
             engine,
             db,
             config: Arc::new(vars),
@@ -242,10 +255,11 @@ impl Runtime {
             }
             None => {
                 let mut store = self.new_store(caller);
-                let proxy = self.proxy.instantiate_async(&mut store).await?;
+                let instance = self.pre.instantiate_async(&mut store).await?;
                 Ok(HttpInstance {
+                    proxy: self.proxy.load(&mut store, &instance)?,
+                    typed: self.typed.load(&mut store, &instance)?,
                     store,
-                    proxy,
                     served: 0,
                 })
             }
@@ -270,7 +284,33 @@ impl Runtime {
     /// An instance for typed calls to `keys` and `auth`.
     pub(crate) async fn typed(&self) -> Result<(Store<Ctx>, Typed)> {
         let mut store = self.new_store(Arc::default());
-        let typed = self.typed.instantiate_async(&mut store).await?;
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        let typed = self.typed.load(&mut store, &instance)?;
         Ok((store, typed))
+    }
+
+    /// The headers never passed on from an upstream response, as the
+    /// component names them (asked of `instance` the first time).
+    pub(crate) async fn hop_by_hop(
+        &self,
+        instance: &mut HttpInstance,
+    ) -> Result<Arc<[hyper::header::HeaderName]>> {
+        if let Some(names) = self.hop_by_hop.get() {
+            return Ok(names.clone());
+        }
+        let HttpInstance { store, typed, .. } = instance;
+        let names: Arc<[hyper::header::HeaderName]> = typed
+            .sigma_api_keys_gateway()
+            .call_hop_by_hop_headers(store)
+            .await?
+            .iter()
+            .filter_map(|n| hyper::header::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        Ok(self.hop_by_hop.get_or_init(|| names).clone())
+    }
+
+    /// The pool of upstream connections.
+    pub(crate) fn upstream(&self) -> Arc<crate::upstream_pool::UpstreamPool> {
+        self.hooks.pool.clone()
     }
 }

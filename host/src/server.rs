@@ -1,4 +1,10 @@
-//! The HTTP server: hyper in front of the component's `wasi:http` handler.
+//! The HTTP server: hyper in front of the component.
+//!
+//! The component's `gateway.decide` sees each request's head first and
+//! decides: answer it, forward it (this server then streams the bytes to the
+//! upstream and back itself, which costs a fraction of doing it through
+//! `wasi:http`), or pass the whole request to its `wasi:http` handler (the
+//! management endpoints, which read a body).
 //!
 //! Each request runs on a component instance of its own (a warm one that
 //! finished an earlier request, or a new one). An instance that traps or
@@ -17,17 +23,20 @@ use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HOST, HeaderValue};
+use hyper::header::{HOST, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpView};
 
+use crate::bindings::exports::sigma::api_keys::gateway::{
+    Decision, Forward, Reply, RequestHead, Scheme as UpstreamScheme, UpstreamFailure,
+};
 use crate::hop_by_hop::strip_connection_nominated;
 use crate::runtime::{Caller, HttpInstance, Runtime};
 
@@ -293,7 +302,7 @@ async fn handle(
     }
     strip_connection_nominated(req.headers_mut());
     let caller = Arc::new(Mutex::new(Caller::default()));
-    let response = match run_component(runtime, req, caller.clone()).await {
+    let response = match respond(runtime, req, caller.clone()).await {
         Ok(response) => response,
         Err(e) => {
             tracing::error!(%method, path, "request failed in the component: {e:#}");
@@ -313,12 +322,157 @@ async fn handle(
     response
 }
 
-async fn run_component(
+/// Asks the component what to do with the request, and does it.
+async fn respond(
     runtime: &Arc<Runtime>,
     req: Request<Incoming>,
     caller: Arc<Mutex<Caller>>,
 ) -> Result<Response<HyperOutgoingBody>> {
-    let mut instance = runtime.http_instance(caller).await?;
+    let mut instance = runtime.http_instance(caller.clone()).await?;
+    let head = request_head(&req);
+    let decision = {
+        let HttpInstance { store, typed, .. } = &mut instance;
+        typed
+            .sigma_api_keys_gateway()
+            .call_decide(store, &head)
+            .await?
+    };
+    match decision {
+        Decision::Reply(reply) => {
+            runtime.give_back(instance);
+            Ok(reply_response(reply))
+        }
+        Decision::Forward(plan) => {
+            let hop_by_hop = runtime.hop_by_hop(&mut instance).await?;
+            match upstream_target(&plan) {
+                Some((uri, headers)) => {
+                    runtime.give_back(instance);
+                    let (parts, body) = req.into_parts();
+                    let mut upstream = Request::new(body.map_err(HttpError::from).boxed_unsync());
+                    *upstream.method_mut() = parts.method;
+                    *upstream.uri_mut() = uri;
+                    *upstream.headers_mut() = headers;
+                    forward(runtime, upstream, &plan, &hop_by_hop, caller).await
+                }
+                // Headers that HTTP cannot carry: the handler refuses them itself.
+                None => run_component(runtime, instance, req).await,
+            }
+        }
+        Decision::Handle => run_component(runtime, instance, req).await,
+    }
+}
+
+fn request_head(req: &Request<Incoming>) -> RequestHead {
+    RequestHead {
+        method: req.method().as_str().to_owned(),
+        path_with_query: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+    }
+}
+
+fn reply_response(reply: Reply) -> Response<HyperOutgoingBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(reply.body))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = hyper::StatusCode::from_u16(reply.status)
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    for (name, value) in reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    response
+}
+
+/// The upstream URI and headers of a plan; none if they are not valid HTTP.
+fn upstream_target(plan: &Forward) -> Option<(hyper::Uri, HeaderMap)> {
+    let scheme = match plan.scheme {
+        UpstreamScheme::Http => "http",
+        UpstreamScheme::Https => "https",
+    };
+    let uri = format!("{scheme}://{}{}", plan.authority, plan.path_with_query)
+        .parse::<hyper::Uri>()
+        .ok()?;
+    let mut headers = HeaderMap::with_capacity(plan.headers.len() + 1);
+    headers.insert(HOST, HeaderValue::from_str(&plan.authority).ok()?);
+    for (name, value) in &plan.headers {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(value).ok()?,
+        );
+    }
+    Some((uri, headers))
+}
+
+/// Sends the request upstream and streams the answer back.
+async fn forward(
+    runtime: &Arc<Runtime>,
+    upstream: Request<HyperOutgoingBody>,
+    plan: &Forward,
+    hop_by_hop: &[HeaderName],
+    caller: Arc<Mutex<Caller>>,
+) -> Result<Response<HyperOutgoingBody>> {
+    let timeout = Some(Duration::from_millis(plan.timeout_ms));
+    let options = RequestOptions {
+        connect_timeout: timeout,
+        first_byte_timeout: timeout,
+        between_bytes_timeout: timeout,
+    };
+    match runtime.upstream().send(upstream, Some(options)).await {
+        Ok((mut response, io)) => {
+            tokio::spawn(async move {
+                if let Err(e) = Box::into_pin(io).await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            });
+            let headers = response.headers_mut();
+            strip_connection_nominated(headers);
+            for name in hop_by_hop {
+                headers.remove(name);
+            }
+            Ok(response)
+        }
+        Err(e) => {
+            tracing::warn!("upstream request failed: {e}");
+            let failure = match e {
+                HttpError::ConnectionTimeout
+                | HttpError::ConnectionReadTimeout
+                | HttpError::HttpResponseTimeout => UpstreamFailure::Timeout,
+                _ => UpstreamFailure::Unreachable,
+            };
+            let mut instance = runtime.http_instance(caller).await?;
+            let reply = {
+                let HttpInstance { store, typed, .. } = &mut instance;
+                typed
+                    .sigma_api_keys_gateway()
+                    .call_upstream_failed(store, failure)
+                    .await?
+            };
+            runtime.give_back(instance);
+            Ok(reply_response(reply))
+        }
+    }
+}
+
+/// Runs the whole request through the component's `wasi:http` handler.
+async fn run_component(
+    runtime: &Arc<Runtime>,
+    mut instance: HttpInstance,
+    req: Request<Incoming>,
+) -> Result<Response<HyperOutgoingBody>> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = instance
         .store

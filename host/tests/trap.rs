@@ -40,10 +40,13 @@ async fn a_guest_panic_is_a_500_for_that_request_only() {
     ));
 
     for _ in 0..3 {
-        let failed = get(addr, "/api/v1/records/panic").await;
-        assert!(failed.starts_with("HTTP/1.1 500"), "{failed}");
-        assert!(failed.contains(r#""code":"internal""#), "{failed}");
-        assert!(!failed.contains("on purpose"), "details leaked: {failed}");
+        // A panic while deciding, and one while handling.
+        for path in ["/api/v1/records/panic-decide", "/api/v1/records/panic"] {
+            let failed = get(addr, path).await;
+            assert!(failed.starts_with("HTTP/1.1 500"), "{path}: {failed}");
+            assert!(failed.contains(r#""code":"internal""#), "{failed}");
+            assert!(!failed.contains("on purpose"), "details leaked: {failed}");
+        }
         let fine = get(addr, "/api/v1/records/fine").await;
         assert!(
             fine.starts_with("HTTP/1.1 200") && fine.contains("\r\nok\r\n"),

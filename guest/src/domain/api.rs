@@ -129,6 +129,54 @@ pub enum Outcome {
     Forward(Forward),
 }
 
+/// What to do with a request, decided from its head alone.
+#[derive(Debug)]
+pub enum Decision {
+    Reply(Reply),
+    Forward(Forward),
+    /// A management endpoint: it needs the whole request, body included.
+    Handle,
+}
+
+impl Reply {
+    /// The status, every header (`content-type` and `content-length` first) and the body bytes.
+    pub fn to_http(&self) -> (u16, Headers, Vec<u8>) {
+        let body = serde_json::to_vec(&self.body).unwrap_or_default();
+        let mut headers: Headers = vec![
+            ("content-type".into(), b"application/json".to_vec()),
+            ("content-length".into(), body.len().to_string().into_bytes()),
+        ];
+        headers.extend(
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone().into_bytes())),
+        );
+        (self.status, headers, body)
+    }
+}
+
+/// Why a forwarded request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Timeout,
+    Unreachable,
+}
+
+/// The answer when the upstream fails before its response starts.
+pub fn upstream_failed(failure: UpstreamFailure) -> Reply {
+    let e = match failure {
+        UpstreamFailure::Timeout => ApiError::new(
+            ErrorCode::UpstreamTimeout,
+            "The upstream did not answer in time. Retry later.",
+        ),
+        UpstreamFailure::Unreachable => ApiError::new(
+            ErrorCode::UpstreamUnavailable,
+            "The upstream could not be reached. Retry later.",
+        ),
+    };
+    error_reply(&e)
+}
+
 fn reply(status: u16, body: Value) -> Reply {
     Reply {
         status,
@@ -196,6 +244,25 @@ pub fn handle(
     match route(store, settings, head, body, caller) {
         Ok(outcome) => outcome,
         Err(e) => Outcome::Reply(error_reply(&e)),
+    }
+}
+
+/// Decides a request from its head: management endpoints need their body
+/// (`Handle`); every other request is answered or forwarded right away.
+/// Decides exactly as [`handle`] does.
+pub fn decide(
+    store: &dyn KeyStore,
+    settings: &Settings,
+    head: &RequestHead<'_>,
+    caller: &mut Caller,
+) -> Decision {
+    if management_route(head.path()).is_some() {
+        return Decision::Handle;
+    }
+    match resource(store, settings, head, caller) {
+        Ok(Outcome::Forward(plan)) => Decision::Forward(plan),
+        Ok(Outcome::Reply(reply)) => Decision::Reply(reply),
+        Err(e) => Decision::Reply(error_reply(&e)),
     }
 }
 

@@ -57,6 +57,9 @@ impl Call<'_> {
             path_with_query: path,
             headers: &headers,
         };
+        // Every request of these tests also checks that `decide` agrees with `handle`.
+        let mut decided_caller = Caller::default();
+        let decision = decide(self.store, &self.settings, &head, &mut decided_caller);
         let mut caller = Caller::default();
         let outcome = handle(
             self.store,
@@ -65,6 +68,21 @@ impl Call<'_> {
             &mut Bytes(body.as_bytes().to_vec()),
             &mut caller,
         );
+        match (&decision, &outcome) {
+            (Decision::Handle, _) => assert!(
+                path.starts_with("/api/v1/api-keys"),
+                "{method} {path} needs no body, yet was left to the handler"
+            ),
+            (Decision::Reply(d), Outcome::Reply(h)) => {
+                assert_eq!(format!("{d:?}"), format!("{h:?}"), "{method} {path}");
+                assert_eq!(decided_caller, caller, "{method} {path}");
+            }
+            (Decision::Forward(d), Outcome::Forward(h)) => {
+                assert_eq!(format!("{d:?}"), format!("{h:?}"), "{method} {path}");
+                assert_eq!(decided_caller, caller, "{method} {path}");
+            }
+            _ => panic!("{method} {path}: decide gave {decision:?}, handle gave {outcome:?}"),
+        }
         (outcome, caller)
     }
 
@@ -507,4 +525,27 @@ fn hop_by_hop_headers_are_dropped() {
         kept,
         vec![("content-type".to_string(), b"application/json".to_vec())]
     );
+}
+
+#[test]
+fn upstream_failures_are_json_errors_with_their_status() {
+    let timeout = upstream_failed(UpstreamFailure::Timeout);
+    assert_eq!((timeout.status, code(&timeout)), (504, "upstream_timeout"));
+    let unreachable = upstream_failed(UpstreamFailure::Unreachable);
+    assert_eq!(
+        (unreachable.status, code(&unreachable)),
+        (502, "upstream_unavailable")
+    );
+    let (status, headers, body) = unreachable.to_http();
+    assert_eq!(status, 502);
+    assert_eq!(
+        headers[0],
+        ("content-type".into(), b"application/json".to_vec())
+    );
+    assert_eq!(
+        headers[1],
+        ("content-length".into(), body.len().to_string().into_bytes())
+    );
+    let parsed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(parsed["error"]["code"], "upstream_unavailable");
 }

@@ -1,5 +1,6 @@
 //! A stand-in for the sigma-keys component that panics when a request's path
-//! ends in `/panic` and answers 200 `ok` otherwise. The host must turn the
+//! ends in `/panic` (in its `wasi:http` handler) or `/panic-decide` (in
+//! `gateway.decide`) and answers 200 `ok` otherwise. The host must turn the
 //! panic (a trap) into a 500 for that request and keep serving.
 
 #![allow(clippy::panic, clippy::unwrap_used)]
@@ -11,7 +12,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::sigma::api_keys::{auth, keys};
+use exports::sigma::api_keys::{auth, gateway, keys};
 mod wit {
     pub use super::exports::sigma::api_keys::keys::{CreatedKey, Error, KeyRecord, Permission};
 }
@@ -66,6 +67,21 @@ impl auth::Guest for Program {
         panic!("typed call")
     }
     fn required_permission(_: String, _: String) -> Result<wit::Permission, wit::Error> {
+        panic!("typed call")
+    }
+}
+
+impl gateway::Guest for Program {
+    fn decide(head: gateway::RequestHead) -> gateway::Decision {
+        if head.path_with_query.ends_with("/panic-decide") {
+            panic!("this test program panics on purpose");
+        }
+        gateway::Decision::Handle
+    }
+    fn upstream_failed(_: gateway::UpstreamFailure) -> gateway::Reply {
+        panic!("typed call")
+    }
+    fn hop_by_hop_headers() -> Vec<String> {
         panic!("typed call")
     }
 }
