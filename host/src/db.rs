@@ -3,7 +3,14 @@
 //! WAL mode with `synchronous=FULL`: a write is on disk when the call returns,
 //! so nothing acknowledged is lost to `kill -9` or a power cut. Only the
 //! SHA-256 of a key is ever written.
+//!
+//! Lookups by hash (one per authenticated request) are served from memory
+//! while `PRAGMA data_version` says no connection, in this process or
+//! another (the CLI), has committed anything since they were read. Any
+//! commit empties the cache before the next lookup, so a deactivated or
+//! deleted key is refused from the moment its write returns.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -39,11 +46,38 @@ const PERMISSION_NAMES: [(Permission, &str); 5] = [
 
 const COLUMNS: &str = "id, tenant, name, permissions, created_at, last_used_at, deactivated_at";
 
+/// Records found by hash, kept at most this many at once.
+const MAX_CACHED_KEYS: usize = 100_000;
+
+/// Records found by hash, valid while the database's `data_version` stays `version`.
+struct HashCache {
+    /// Its own connection: `data_version` changes with commits by any *other* connection.
+    watch: Connection,
+    version: i64,
+    entries: HashMap<[u8; 32], KeyRecord>,
+}
+
+impl HashCache {
+    /// Empties the cache if anything was committed since it was filled; the current version.
+    fn refresh(&mut self) -> rusqlite::Result<i64> {
+        let version: i64 = self
+            .watch
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if version != self.version {
+            self.entries.clear();
+            self.version = version;
+        }
+        Ok(version)
+    }
+}
+
 /// The SQLite database behind the store.
 pub struct Db {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    cache: Mutex<HashCache>,
 }
 
 impl Db {
@@ -53,10 +87,17 @@ impl Db {
             .with_context(|| format!("cannot open the database {}", path.display()))?;
         migrate(&writer)
             .with_context(|| format!("cannot migrate the database {}", path.display()))?;
+        let watch = connect(path, false)
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
         Ok(Db {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            cache: Mutex::new(HashCache {
+                watch,
+                version: -1,
+                entries: HashMap::new(),
+            }),
         })
     }
 
@@ -112,6 +153,36 @@ impl Db {
     }
 
     pub fn find_by_hash(&self, hash: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
+        let Ok(key) = <[u8; 32]>::try_from(hash) else {
+            return self.find_by_hash_stored(hash);
+        };
+        let version = {
+            let mut cache = self
+                .cache
+                .lock()
+                .map_err(|_| StoreError::Unavailable("the key cache is poisoned".into()))?;
+            let version = cache.refresh().map_err(store_error)?;
+            if let Some(found) = cache.entries.get(&key) {
+                return Ok(Some(found.clone()));
+            }
+            version
+        };
+        // Read without holding the cache; keep the result only if nothing was
+        // committed since `version` was seen (else the next lookup reads again).
+        let found = self.find_by_hash_stored(hash)?;
+        if let Some(record) = &found
+            && let Ok(mut cache) = self.cache.lock()
+            && cache.version == version
+        {
+            if cache.entries.len() >= MAX_CACHED_KEYS {
+                cache.entries.clear();
+            }
+            cache.entries.insert(key, record.clone());
+        }
+        Ok(found)
+    }
+
+    fn find_by_hash_stored(&self, hash: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
         self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?1"
@@ -336,6 +407,48 @@ mod tests {
         assert!(!db.remove("other", "a").unwrap());
         assert!(db.remove("t", "a").unwrap());
         db.record_use("a", 200).unwrap();
+        assert!(db.find_by_hash(&[1; 32]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_cached_key_never_outlives_a_write_from_here_or_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let db = Db::open(&path).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32]).unwrap();
+        db.insert(&key("b", "t", 2), &[2; 32]).unwrap();
+        assert!(db.find_by_hash(&[1; 32]).unwrap().is_some());
+
+        // Through this store.
+        db.deactivate("t", "a", 5).unwrap();
+        let k = db.find_by_hash(&[1; 32]).unwrap().unwrap();
+        assert_eq!(k.deactivated_at, Some(5));
+        db.record_use("a", 7).unwrap();
+        assert_eq!(
+            db.find_by_hash(&[1; 32]).unwrap().unwrap().last_used_at,
+            Some(7)
+        );
+
+        // Through another process's connection (the CLI): cached first.
+        assert!(
+            db.find_by_hash(&[2; 32])
+                .unwrap()
+                .unwrap()
+                .deactivated_at
+                .is_none()
+        );
+        let other = Db::open(&path).unwrap();
+        other.deactivate("t", "b", 9).unwrap();
+        assert_eq!(
+            db.find_by_hash(&[2; 32]).unwrap().unwrap().deactivated_at,
+            Some(9)
+        );
+        assert!(other.remove("t", "b").unwrap());
+        assert!(db.find_by_hash(&[2; 32]).unwrap().is_none());
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM api_keys WHERE id = 'a'", [])
+            .unwrap();
         assert!(db.find_by_hash(&[1; 32]).unwrap().is_none());
     }
 
