@@ -48,6 +48,7 @@ impl WasiHttpHooks for ProxyHooks {
         Box::new(async move {
             let (mut response, io) = pool.send(request, options).await?;
             strip_connection_nominated(response.headers_mut());
+            let io = io.unwrap_or_else(|| Box::new(async { Ok(()) }));
             Ok((response, io))
         })
     }

@@ -433,11 +433,13 @@ async fn forward(
     };
     match runtime.upstream().send(upstream, Some(options)).await {
         Ok((mut response, io)) => {
-            tokio::spawn(async move {
-                if let Err(e) = Box::into_pin(io).await {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-            });
+            if let Some(io) = io {
+                tokio::spawn(async move {
+                    if let Err(e) = Box::into_pin(io).await {
+                        tracing::debug!("upstream connection ended: {e}");
+                    }
+                });
+            }
             let headers = response.headers_mut();
             strip_connection_nominated(headers);
             for name in hop_by_hop {

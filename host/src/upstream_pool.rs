@@ -26,7 +26,8 @@ const MAX_IDLE_PER_AUTHORITY: usize = 256;
 /// wasmtime's defaults when the guest sets no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
+/// Drives a connection that is not pooled; it must be spawned.
+pub type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
 /// Idle upstream connections by `host:port`.
 #[derive(Default)]
@@ -58,16 +59,17 @@ impl UpstreamPool {
         }
     }
 
-    /// Sends `request` (absolute URI) upstream; the `wasi:http` hook.
+    /// Sends `request` (absolute URI) upstream. A connection that is not
+    /// pooled (HTTPS) comes with the future that drives it.
     pub async fn send(
         self: Arc<Self>,
         mut request: hyper::Request<WasiBody>,
         options: Option<RequestOptions>,
-    ) -> Result<(hyper::Response<WasiBody>, IoFuture), Error> {
+    ) -> Result<(hyper::Response<WasiBody>, Option<IoFuture>), Error> {
         let uri = request.uri().clone();
         if uri.scheme() != Some(&hyper::http::uri::Scheme::HTTP) {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            return Ok((response.map(BodyExt::boxed_unsync), Box::new(io)));
+            return Ok((response.map(BodyExt::boxed_unsync), Some(Box::new(io))));
         }
         let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
         let authority = match authority.port() {
@@ -119,11 +121,13 @@ impl UpstreamPool {
         let body = PooledBody {
             incoming,
             between_bytes_timeout,
-            deadline: Box::pin(tokio::time::sleep(between_bytes_timeout)),
+            deadline: None,
             release: Some((self, authority, sender)),
         };
-        let io: IoFuture = Box::new(async { Ok(()) });
-        Ok((hyper::Response::from_parts(parts, body.boxed_unsync()), io))
+        Ok((
+            hyper::Response::from_parts(parts, body.boxed_unsync()),
+            None,
+        ))
     }
 }
 
@@ -150,7 +154,9 @@ async fn connect(authority: &str, timeout: Duration) -> Result<SendRequest<WasiB
 struct PooledBody {
     incoming: Incoming,
     between_bytes_timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Armed while the body waits for bytes; most bodies never wait, so
+    /// most responses never touch the timer wheel.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     release: Option<(Arc<UpstreamPool>, String, SendRequest<WasiBody>)>,
 }
 
@@ -174,18 +180,23 @@ impl Body for PooledBody {
                 Poll::Ready(Some(Err(Error::from(e))))
             }
             Poll::Ready(Some(Ok(frame))) => {
-                let next = tokio::time::Instant::now() + self.between_bytes_timeout;
-                self.deadline.as_mut().reset(next);
+                self.deadline = None;
                 self.release_if_done();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.release = None;
-                    Poll::Ready(Some(Err(Error::HttpResponseTimeout)))
+            Poll::Pending => {
+                let timeout = self.between_bytes_timeout;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.release = None;
+                        Poll::Ready(Some(Err(Error::HttpResponseTimeout)))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
