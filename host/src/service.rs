@@ -150,6 +150,20 @@ impl Session {
             .await?)
     }
 
+    /// The permission an HTTP request needs (no key, no storage: the cost
+    /// of a call into the component, for measurements).
+    pub async fn required_permission(
+        &mut self,
+        method: &str,
+        path: &str,
+    ) -> Result<Result<Permission, KeyError>> {
+        Ok(self
+            .api
+            .sigma_api_keys_auth()
+            .call_required_permission(&mut self.store, method, path)
+            .await?)
+    }
+
     /// Checks a raw key for an HTTP request (`path` with `/api/v1`).
     pub async fn authorize(
         &mut self,
