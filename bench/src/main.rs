@@ -3,6 +3,7 @@
 //! runs cancels out. Writes `target/bench/report.json` and prints a table.
 //!
 //! `sigma-keys-bench [--quick] [--only SECTION]... --server PATH --wasmtime PATH --hello PATH`
+//! (`sigma-keys-bench upstream` serves just the bench's upstream, for profiling by hand)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -160,6 +161,35 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        // The bench's upstream on its own, for profiling by hand.
+        Some("upstream") => {
+            return tokio::runtime::Runtime::new()?.block_on(async {
+                println!(
+                    "upstream listening on http://{}",
+                    servers::upstream().await?
+                );
+                std::future::pending::<Result<()>>().await
+            });
+        }
+        // The plain proxy runs in a process of its own, as sigma-keys does:
+        // sharing the upstream's threads would spare it the cross-process
+        // scheduling that sigma-keys pays.
+        Some("plain-proxy") => {
+            let upstream: SocketAddr = std::env::args()
+                .nth(2)
+                .context("plain-proxy HOST:PORT")?
+                .parse()?;
+            return tokio::runtime::Runtime::new()?.block_on(async {
+                println!(
+                    "plain proxy listening on http://{}",
+                    servers::plain_proxy(upstream).await?
+                );
+                std::future::pending::<Result<()>>().await
+            });
+        }
+        _ => {}
+    }
     let o = options()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let mut report = Report(Vec::new());
@@ -249,13 +279,41 @@ fn verify_inprocess(
             }
             times.push(start.elapsed().as_nanos() as f64 / calls as f64);
         }
-        anyhow::Ok(median(times))
+        let verify = median(times);
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let start = Instant::now();
+            for _ in 0..calls {
+                session
+                    .required_permission("GET", "/api/v1/records")
+                    .await??;
+            }
+            times.push(start.elapsed().as_nanos() as f64 / calls as f64);
+        }
+        anyhow::Ok(ComponentTimes {
+            verify,
+            call: median(times),
+        })
     })?;
     report.add(
         "verify_inprocess.component",
-        component,
+        component.verify,
         "ns/call",
         "warm instance, SQLite store",
+    );
+    // Where the component's time goes: one call that touches neither the
+    // store nor a hash, through the component and natively.
+    report.add(
+        "verify_inprocess.component_call",
+        component.call,
+        "ns/call",
+        "auth.required-permission on the warm instance: the cost of a call",
+    );
+    report.add(
+        "verify_inprocess.native_call",
+        native_call_ns(calls, runs)?,
+        "ns/call",
+        "the same required-permission, natively",
     );
     report.compare(
         "verify_inprocess.component",
@@ -267,7 +325,38 @@ fn verify_inprocess(
         "verify_inprocess.native_sqlite",
         Target::None,
     );
+    report.compare(
+        "verify_inprocess.component_call",
+        "verify_inprocess.native_call",
+        Target::None,
+    );
     Ok(())
+}
+
+/// Median ns per call on the component's warm instance.
+struct ComponentTimes {
+    verify: f64,
+    call: f64,
+}
+
+/// Median ns per `keys::required_permission`, natively.
+fn native_call_ns(calls: usize, runs: usize) -> Result<f64> {
+    use sigma_keys_guest::domain::keys;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        for _ in 0..calls {
+            std::hint::black_box(
+                keys::required_permission(
+                    std::hint::black_box("GET"),
+                    std::hint::black_box("/api/v1/records"),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+        }
+        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
+    }
+    Ok(median(times))
 }
 
 /// Median ns per `keys::verify` of one key, natively, over `store`.
@@ -430,17 +519,22 @@ fn serve(bin: &Path, db: &Path, extra: &[&str], cache: Option<&Path>) -> Result<
     if let Some(c) = cache {
         cmd.env("XDG_CACHE_HOME", c);
     }
-    let mut child = cmd.spawn()?;
+    child(&mut cmd)
+}
+
+/// Starts a server process that prints `... listening on http://ADDR`.
+fn child(cmd: &mut Command) -> Result<Serve> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
         match lines.next() {
             Some(Ok(line)) => {
-                if let Some(rest) = line.strip_prefix("sigma-keys listening on http://") {
+                if let Some((_, rest)) = line.split_once(" listening on http://") {
                     break rest.trim().parse()?;
                 }
             }
-            _ => bail!("sigma-keys did not start"),
+            _ => bail!("{cmd:?} did not start"),
         }
     };
     std::thread::spawn(move || for _ in lines {});
@@ -530,7 +624,9 @@ fn proxy_auth(
 ) -> Result<()> {
     let secs = if o.quick { 2 } else { 5 };
     let upstream = rt.block_on(servers::upstream())?;
-    let plain = rt.block_on(servers::plain_proxy(upstream))?;
+    let plain_proxy =
+        child(Command::new(std::env::current_exe()?).args(["plain-proxy", &upstream.to_string()]))?;
+    let plain = plain_proxy.addr;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("k.db");
     let up = format!("http://{upstream}");
