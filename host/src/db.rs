@@ -5,10 +5,10 @@
 //! SHA-256 of a key is ever written.
 //!
 //! Lookups by hash (one per authenticated request) are served from memory
-//! while `PRAGMA data_version` says no connection, in this process or
-//! another (the CLI), has committed anything since they were read. Any
-//! commit empties the cache before the next lookup, so a deactivated or
-//! deleted key is refused from the moment its write returns.
+//! while no connection, in this process or another (the CLI), has committed
+//! anything since they were read. Any commit empties the cache before the
+//! next lookup, so a deactivated or deleted key is refused from the moment
+//! its write returns. See [`CommitWatch`] for how commits are noticed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,26 +49,99 @@ const COLUMNS: &str = "id, tenant, name, permissions, created_at, last_used_at, 
 /// Records found by hash, kept at most this many at once.
 const MAX_CACHED_KEYS: usize = 100_000;
 
-/// Records found by hash, valid while the database's `data_version` stays `version`.
+/// The bytes of SQLite's WAL-index header that every commit rewrites: the two
+/// 48-byte copies of `WalIndexHdr` at the start of `<db>-shm`
+/// (<https://www.sqlite.org/walformat.html#the_wal_index_file_format>).
+const WAL_INDEX_HEADER_WORDS: usize = 24;
+
+/// What the database looked like when a lookup was made; equal stamps mean
+/// nothing was committed in between.
+type Stamp = [u32; WAL_INDEX_HEADER_WORDS];
+
+/// Notices commits by any connection, in any process.
+///
+/// In WAL mode every commit (and every WAL restart) rewrites the WAL-index
+/// header in the shared-memory file `<db>-shm`; that is how SQLite's own
+/// readers learn of new commits. Reading it from a read-only mapping costs a
+/// few loads, where `PRAGMA data_version` costs a read transaction (two
+/// `fcntl` locks). The file cannot shrink under the mapping while this
+/// process keeps a connection open: SQLite truncates it only when it opens a
+/// database no process has open. Without the file (another VFS, say), the
+/// watch falls back to `PRAGMA data_version`.
+enum CommitWatch {
+    SharedMemory(memmap2::Mmap),
+    DataVersion(Mutex<Connection>),
+}
+
+impl CommitWatch {
+    fn open(path: &Path, conn: Connection) -> CommitWatch {
+        // A read makes sure the WAL index exists.
+        let _ = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
+        let mapped = std::fs::File::open(&shm).ok().and_then(|file| {
+            if file.metadata().ok()?.len() < (WAL_INDEX_HEADER_WORDS * 4) as u64 {
+                return None;
+            }
+            // SAFETY: read-only, shared, and never shorter than the mapped
+            // length while this process has the database open (see above);
+            // it is read only through atomic loads, since other processes write it.
+            unsafe {
+                memmap2::MmapOptions::new()
+                    .len(WAL_INDEX_HEADER_WORDS * 4)
+                    .map(&file)
+                    .ok()
+            }
+        });
+        match mapped {
+            Some(map) => CommitWatch::SharedMemory(map),
+            None => {
+                tracing::debug!("no WAL index to map; checking PRAGMA data_version per lookup");
+                CommitWatch::DataVersion(Mutex::new(conn))
+            }
+        }
+    }
+
+    fn stamp(&self) -> Result<Stamp, StoreError> {
+        let mut stamp = [0u32; WAL_INDEX_HEADER_WORDS];
+        match self {
+            CommitWatch::SharedMemory(map) => {
+                let words = map.as_ptr().cast::<std::sync::atomic::AtomicU32>();
+                for (i, word) in stamp.iter_mut().enumerate() {
+                    // SAFETY: the mapping is page-aligned and WAL_INDEX_HEADER_WORDS
+                    // words long; atomic loads tolerate concurrent writers.
+                    *word = unsafe { &*words.add(i) }.load(std::sync::atomic::Ordering::Acquire);
+                }
+            }
+            CommitWatch::DataVersion(conn) => {
+                let conn = conn.lock().map_err(|_| {
+                    StoreError::Unavailable("the commit watch connection is poisoned".into())
+                })?;
+                let version: i64 = conn
+                    .prepare_cached("PRAGMA data_version")
+                    .and_then(|mut st| st.query_row([], |r| r.get(0)))
+                    .map_err(store_error)?;
+                stamp[0] = version as u32;
+                stamp[1] = (version >> 32) as u32;
+            }
+        }
+        Ok(stamp)
+    }
+}
+
+/// Records found by hash, valid while the database's stamp stays `stamp`.
 struct HashCache {
-    /// Its own connection: `data_version` changes with commits by any *other* connection.
-    watch: Connection,
-    version: i64,
+    stamp: Option<Stamp>,
     entries: HashMap<[u8; 32], KeyRecord>,
 }
 
 impl HashCache {
-    /// Empties the cache if anything was committed since it was filled; the current version.
-    fn refresh(&mut self) -> rusqlite::Result<i64> {
-        let version: i64 = self
-            .watch
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
-        if version != self.version {
+    /// Empties the cache if anything was committed since it was filled.
+    fn refresh(&mut self, now: Stamp) {
+        if self.stamp != Some(now) {
             self.entries.clear();
-            self.version = version;
+            self.stamp = Some(now);
         }
-        Ok(version)
     }
 }
 
@@ -77,6 +150,7 @@ pub struct Db {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    watch: CommitWatch,
     cache: Mutex<HashCache>,
 }
 
@@ -93,9 +167,9 @@ impl Db {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            watch: CommitWatch::open(path, watch),
             cache: Mutex::new(HashCache {
-                watch,
-                version: -1,
+                stamp: None,
                 entries: HashMap::new(),
             }),
         })
@@ -156,23 +230,21 @@ impl Db {
         let Ok(key) = <[u8; 32]>::try_from(hash) else {
             return self.find_by_hash_stored(hash);
         };
-        let version = {
-            let mut cache = self
-                .cache
-                .lock()
-                .map_err(|_| StoreError::Unavailable("the key cache is poisoned".into()))?;
-            let version = cache.refresh().map_err(store_error)?;
+        let poisoned = || StoreError::Unavailable("the key cache is poisoned".into());
+        let stamp = self.watch.stamp()?;
+        {
+            let mut cache = self.cache.lock().map_err(|_| poisoned())?;
+            cache.refresh(stamp);
             if let Some(found) = cache.entries.get(&key) {
                 return Ok(Some(found.clone()));
             }
-            version
-        };
+        }
         // Read without holding the cache; keep the result only if nothing was
-        // committed since `version` was seen (else the next lookup reads again).
+        // committed since `stamp` was taken (else the next lookup reads again).
         let found = self.find_by_hash_stored(hash)?;
         if let Some(record) = &found
             && let Ok(mut cache) = self.cache.lock()
-            && cache.version == version
+            && cache.stamp == Some(stamp)
         {
             if cache.entries.len() >= MAX_CACHED_KEYS {
                 cache.entries.clear();
@@ -450,6 +522,29 @@ mod tests {
             .execute("DELETE FROM api_keys WHERE id = 'a'", [])
             .unwrap();
         assert!(db.find_by_hash(&[1; 32]).unwrap().is_none());
+    }
+
+    #[test]
+    fn both_ways_of_watching_notice_another_connections_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let db = Db::open(&path).unwrap();
+        // A database file gets the cheap watch, through the shared memory.
+        assert!(matches!(db.watch, CommitWatch::SharedMemory(_)));
+        let fallback = CommitWatch::DataVersion(Mutex::new(connect(&path, false).unwrap()));
+        let shared = &db.watch;
+        let before = (shared.stamp().unwrap(), fallback.stamp().unwrap());
+        assert_eq!(
+            before,
+            (shared.stamp().unwrap(), fallback.stamp().unwrap()),
+            "no commit, no change"
+        );
+        Db::open(&path)
+            .unwrap()
+            .insert(&key("a", "t", 1), &[1; 32])
+            .unwrap();
+        assert_ne!(shared.stamp().unwrap(), before.0);
+        assert_ne!(fallback.stamp().unwrap(), before.1);
     }
 
     #[test]

@@ -141,6 +141,11 @@ fn keys_are_managed_without_a_server_and_work_with_one() {
     assert_eq!(list[0]["id"], id.as_str());
     assert!(!stdout.contains(&raw));
 
+    // The server now holds the key in its lookup cache (a second verify
+    // within a second writes nothing); the CLI's writes, from another
+    // process, must still be seen at once.
+    let v = server.verify(json!({"key": raw, "permission": "read"}));
+    assert_eq!(v.json()["valid"], true);
     let (ok, stdout, _) = run(&["keys", "deactivate", "--db", &db, "--tenant", "acme", &id]);
     assert!(ok);
     assert_eq!(
@@ -161,4 +166,6 @@ fn keys_are_managed_without_a_server_and_work_with_one() {
         serde_json::from_str::<Value>(&stdout).unwrap(),
         json!({"deleted": true})
     );
+    let v = server.verify(json!({"key": raw, "permission": "read"}));
+    assert_eq!(v.json(), json!({"valid": false, "code": "invalid_api_key"}));
 }
