@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use sigma_keys::db::Db;
 use sigma_keys::runtime::Runtime;
 use sigma_keys::secret::{self, Source};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sigma_keys::server::{self, Limits};
 use sigma_keys::{KeyRecord, Permission, Service, Settings};
 
