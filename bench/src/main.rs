@@ -162,7 +162,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
-        // The bench's upstream on its own, for profiling by hand.
+        // The bench's upstream as a process of its own (also for profiling by hand).
         Some("upstream") => {
             return tokio::runtime::Runtime::new()?.block_on(async {
                 println!(
@@ -210,7 +210,7 @@ fn main() -> Result<()> {
         verify_inprocess(&runtime, &o, runs, &mut report)?;
     }
     if run("proxy_auth") {
-        proxy_auth(&runtime, &o, runs, &mut report)?;
+        proxy_auth(&o, runs, &mut report)?;
     }
     if run("verify_http") {
         verify_http(&o, runs, &mut report)?;
@@ -616,14 +616,12 @@ fn lua_post(dir: &Path, name: &str, body: &str, headers: &[(&str, &str)]) -> Res
 
 // ---- 2. proxying with authentication ------------------------------------
 
-fn proxy_auth(
-    rt: &tokio::runtime::Runtime,
-    o: &Options,
-    runs: usize,
-    report: &mut Report,
-) -> Result<()> {
+fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     let secs = if o.quick { 2 } else { 5 };
-    let upstream = rt.block_on(servers::upstream())?;
+    // Every server is a process of its own, so none shares threads with
+    // another (or with this process) and each pays the same scheduling.
+    let upstream_server = child(Command::new(std::env::current_exe()?).arg("upstream"))?;
+    let upstream = upstream_server.addr;
     let plain_proxy =
         child(Command::new(std::env::current_exe()?).args(["plain-proxy", &upstream.to_string()]))?;
     let plain = plain_proxy.addr;
