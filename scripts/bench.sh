@@ -18,9 +18,13 @@ if [ "${1:-}" = "--quick" ]; then quick="--quick"; profile=debug; shift; fi
 flag=$([ "$profile" = release ] && echo --release || true)
 cargo build $flag --locked -p sigma-keys-host -p sigma-keys-bench
 cargo build --release --locked --target wasm32-wasip2 --target-dir target/guest -p sigma-keys-bench-hello
+# The probe reuses the guest crate without its WIT layer; a target dir of its
+# own keeps that build from replacing target/guest's sigma_keys_guest.wasm.
+cargo build --release --locked --target wasm32-wasip2 --target-dir target/bench-guest -p sigma-keys-bench-inwasm
 # Further arguments pass through, e.g. `--only proxy_auth`.
 exec "target/$profile/sigma-keys-bench" $quick "$@" \
   --server "target/$profile/sigma-keys" \
   --wasmtime tools/wasmtime-48.0.8/bin/wasmtime \
   --hello target/guest/wasm32-wasip2/release/sigma_keys_bench_hello.wasm \
+  --inwasm target/bench-guest/wasm32-wasip2/release/sigma_keys_bench_inwasm.wasm \
   --out target/bench

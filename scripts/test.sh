@@ -11,7 +11,7 @@ cargo fmt --all -- --check
 echo "== clippy (native, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== clippy (guest, wasm32-wasip2)"
-cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest -p sigma-keys-keyvalue-adapter -p sigma-keys-bench-hello --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
+cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest -p sigma-keys-keyvalue-adapter -p sigma-keys-bench-hello -p sigma-keys-bench-inwasm --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
 echo "== tools for the stock-host tests (wasmtime CLI, wac; installed once into tools/)"
 bash scripts/tools.sh
 echo "== benchmark smoke test (bench.sh --quick: the suite runs; no timing is asserted)"

@@ -2,7 +2,7 @@
 //! baseline measured in the same run, on the same machine, so drift between
 //! runs cancels out. Writes `target/bench/report.json` and prints a table.
 //!
-//! `sigma-keys-bench [--quick] [--only SECTION]... --server PATH --wasmtime PATH --hello PATH`
+//! `sigma-keys-bench [--quick] [--only SECTION]... --server PATH --wasmtime PATH --hello PATH --inwasm PATH`
 //! (`sigma-keys-bench upstream` serves just the bench's upstream, for profiling by hand)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -119,6 +119,7 @@ struct Options {
     server: PathBuf,
     wasmtime: PathBuf,
     hello: PathBuf,
+    inwasm: PathBuf,
     out: PathBuf,
 }
 
@@ -130,6 +131,7 @@ fn options() -> Result<Options> {
         server: PathBuf::new(),
         wasmtime: PathBuf::new(),
         hello: PathBuf::new(),
+        inwasm: PathBuf::new(),
         out: PathBuf::from("target/bench"),
     };
     while let Some(a) = args.next() {
@@ -139,6 +141,7 @@ fn options() -> Result<Options> {
             "--server" => o.server = args.next().context("--server PATH")?.into(),
             "--wasmtime" => o.wasmtime = args.next().context("--wasmtime PATH")?.into(),
             "--hello" => o.hello = args.next().context("--hello PATH")?.into(),
+            "--inwasm" => o.inwasm = args.next().context("--inwasm PATH")?.into(),
             "--out" => o.out = args.next().context("--out DIR")?.into(),
             other => bail!("unknown argument {other}"),
         }
@@ -147,6 +150,7 @@ fn options() -> Result<Options> {
         (&o.server, "--server"),
         (&o.wasmtime, "--wasmtime"),
         (&o.hello, "--hello"),
+        (&o.inwasm, "--inwasm"),
     ] {
         if !p.exists() {
             bail!("{what} {} does not exist", p.display());
@@ -315,6 +319,12 @@ fn verify_inprocess(
         "ns/call",
         "the same required-permission, natively",
     );
+    report.add(
+        "verify_inprocess.wasm_memory",
+        wasm_verify_ns(&o.inwasm, calls, runs)?,
+        "ns/call",
+        "the same domain verify and in-memory store compiled to wasm, looped inside one call",
+    );
     report.compare(
         "verify_inprocess.component",
         "verify_inprocess.native",
@@ -330,7 +340,58 @@ fn verify_inprocess(
         "verify_inprocess.native_call",
         Target::None,
     );
+    report.compare(
+        "verify_inprocess.wasm_memory",
+        "verify_inprocess.native",
+        Target::None,
+    );
     Ok(())
+}
+
+/// Median ns per `keys::verify` run as wasm inside the probe component
+/// (bench/inwasm): one call loops `calls` times, so the boundary is paid once.
+fn wasm_verify_ns(probe: &Path, calls: usize, runs: usize) -> Result<f64> {
+    use wasmtime::component::{Component, Linker, ResourceTable};
+    use wasmtime::{Engine, Store};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    struct Ctx {
+        table: ResourceTable,
+        wasi: WasiCtx,
+    }
+    impl WasiView for Ctx {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    let engine = Engine::default();
+    let component = Component::from_file(&engine, probe)?;
+    let mut linker: Linker<Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let mut store = Store::new(
+        &engine,
+        Ctx {
+            table: ResourceTable::new(),
+            wasi: WasiCtx::builder().build(),
+        },
+    );
+    let instance = linker.instantiate(&mut store, &component)?;
+    let run = instance.get_typed_func::<(u32,), (u32,)>(&mut store, "run")?;
+    let n = u32::try_from(calls)?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let (ok,) = run.call(&mut store, (n,))?;
+        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
+        if ok != n {
+            bail!("the probe verified {ok} of {n} calls");
+        }
+    }
+    Ok(median(times))
 }
 
 /// Median ns per call on the component's warm instance.

@@ -6,5 +6,5 @@
 
 pub mod domain;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod component;
