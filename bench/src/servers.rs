@@ -57,8 +57,11 @@ pub async fn upstream() -> anyhow::Result<SocketAddr> {
 
 /// Forwards every request to `upstream` unchanged.
 pub async fn plain_proxy(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
+    // TCP_NODELAY as sigma-keys sets it upstream, so neither waits on Nagle.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client: Client<HttpConnector, Incoming> =
-        Client::builder(TokioExecutor::new()).build_http();
+        Client::builder(TokioExecutor::new()).build(connector);
     listen(move |mut req: Request<Incoming>| {
         let client = client.clone();
         async move {
