@@ -464,7 +464,7 @@ fn wasi_method(name: &str) -> Method {
     }
 }
 
-fn upstream_error(out: ResponseOutparam, e: &HttpErrorCode) {
+fn reply_upstream_failure(out: ResponseOutparam, e: &HttpErrorCode) {
     eprintln!("sigma-keys component: upstream request failed: {e:?}");
     let failure = match e {
         HttpErrorCode::ConnectionTimeout
@@ -536,7 +536,7 @@ fn forward(request: &IncomingRequest, method: &str, plan: api::Forward, out: Res
     let _ = options.set_between_bytes_timeout(Some(timeout_ns));
     let pending = match wasi::http::outgoing_handler::handle(upstream_request, Some(options)) {
         Ok(p) => p,
-        Err(e) => return upstream_error(out, &e),
+        Err(e) => return reply_upstream_failure(out, &e),
     };
 
     // Stream the client's body to the upstream as it arrives.
@@ -556,7 +556,7 @@ fn forward(request: &IncomingRequest, method: &str, plan: api::Forward, out: Res
     };
     let response = match response {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return upstream_error(out, &e),
+        Ok(Err(e)) => return reply_upstream_failure(out, &e),
         Err(()) => return reply_error(out, &ApiError::internal("upstream response taken twice")),
     };
 

@@ -147,11 +147,12 @@ impl HashCache {
 
 /// The SQLite database behind the store.
 pub struct Db {
+    /// First, so it is dropped (and the WAL index unmapped) before the connections close.
+    watch: CommitWatch,
+    cache: Mutex<HashCache>,
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    watch: CommitWatch,
-    cache: Mutex<HashCache>,
 }
 
 impl Db {
