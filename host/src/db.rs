@@ -74,9 +74,8 @@ enum CommitWatch {
 }
 
 impl CommitWatch {
-    fn open(path: &Path, conn: Connection) -> CommitWatch {
-        // A read makes sure the WAL index exists.
-        let _ = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+    /// Call with the writer open: its first read created the WAL index.
+    fn open(path: &Path) -> Result<CommitWatch> {
         let mut shm = path.as_os_str().to_owned();
         shm.push("-shm");
         let mapped = std::fs::File::open(&shm).ok().and_then(|file| {
@@ -93,13 +92,13 @@ impl CommitWatch {
                     .ok()
             }
         });
-        match mapped {
-            Some(map) => CommitWatch::SharedMemory(map),
-            None => {
-                tracing::debug!("no WAL index to map; checking PRAGMA data_version per lookup");
-                CommitWatch::DataVersion(Mutex::new(conn))
-            }
+        if let Some(map) = mapped {
+            return Ok(CommitWatch::SharedMemory(map));
         }
+        tracing::debug!("no WAL index to map; checking PRAGMA data_version per lookup");
+        let conn = connect(path, false)
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
+        Ok(CommitWatch::DataVersion(Mutex::new(conn)))
     }
 
     fn stamp(&self) -> Result<Stamp, StoreError> {
@@ -162,13 +161,11 @@ impl Db {
             .with_context(|| format!("cannot open the database {}", path.display()))?;
         migrate(&writer)
             .with_context(|| format!("cannot migrate the database {}", path.display()))?;
-        let watch = connect(path, false)
-            .with_context(|| format!("cannot open the database {}", path.display()))?;
         Ok(Db {
+            watch: CommitWatch::open(path)?,
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
-            watch: CommitWatch::open(path, watch),
             cache: Mutex::new(HashCache {
                 stamp: None,
                 entries: HashMap::new(),
