@@ -52,11 +52,15 @@ impl Report {
         });
     }
 
+    /// The value of a measurement already added.
+    fn value(&self, name: &str) -> Option<f64> {
+        self.0.iter().find(|m| m.name == name).map(|m| m.value)
+    }
+
     /// A comparison row: `name` / `baseline` (both already added), and
     /// whether the target holds.
     fn compare(&mut self, name: &str, baseline: &str, target: Target) {
-        let value = |n: &str| self.0.iter().find(|m| m.name == n).map(|m| m.value);
-        let (Some(v), Some(b)) = (value(name), value(baseline)) else {
+        let (Some(v), Some(b)) = (self.value(name), self.value(baseline)) else {
             return;
         };
         let ratio = v / b;
@@ -164,6 +168,36 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median over `runs` runs of the ns per call of `calls` calls to `f`.
+fn median_ns(runs: usize, calls: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        for _ in 0..calls {
+            f()?;
+        }
+        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
+    }
+    Ok(median(times))
+}
+
+/// [`median_ns`] for calls that are awaited.
+async fn median_ns_async(
+    runs: usize,
+    calls: usize,
+    mut f: impl AsyncFnMut() -> Result<()>,
+) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        for _ in 0..calls {
+            f().await?;
+        }
+        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
+    }
+    Ok(median(times))
+}
+
 fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
         // The bench's upstream as a process of its own (also for profiling by hand).
@@ -266,42 +300,32 @@ fn verify_inprocess(
 
     // Component: auth.verify on one warm instance, SQLite store.
     let dir = tempfile::tempdir()?;
-    let component = rt.block_on(async {
+    let (verify, call) = rt.block_on(async {
         let service =
             sigma_keys::Service::open(&dir.path().join("k.db"), &sigma_keys::Settings::default())?;
         let created = service
             .create("acme", "bench", &[sigma_keys::Permission::Read])
             .await??;
         let mut session = service.session().await?;
-        let mut times = Vec::new();
-        for _ in 0..runs {
-            let start = Instant::now();
-            for _ in 0..calls {
-                session
-                    .verify(&created.raw_key, sigma_keys::Permission::Read)
-                    .await??;
-            }
-            times.push(start.elapsed().as_nanos() as f64 / calls as f64);
-        }
-        let verify = median(times);
-        let mut times = Vec::new();
-        for _ in 0..runs {
-            let start = Instant::now();
-            for _ in 0..calls {
-                session
-                    .required_permission("GET", "/api/v1/records")
-                    .await??;
-            }
-            times.push(start.elapsed().as_nanos() as f64 / calls as f64);
-        }
-        anyhow::Ok(ComponentTimes {
-            verify,
-            call: median(times),
+        let verify = median_ns_async(runs, calls, async || {
+            session
+                .verify(&created.raw_key, sigma_keys::Permission::Read)
+                .await??;
+            Ok(())
         })
+        .await?;
+        let call = median_ns_async(runs, calls, async || {
+            session
+                .required_permission("GET", "/api/v1/records")
+                .await??;
+            Ok(())
+        })
+        .await?;
+        anyhow::Ok((verify, call))
     })?;
     report.add(
         "verify_inprocess.component",
-        component.verify,
+        verify,
         "ns/call",
         "warm instance, SQLite store",
     );
@@ -309,7 +333,7 @@ fn verify_inprocess(
     // store nor a hash, through the component and natively.
     report.add(
         "verify_inprocess.component_call",
-        component.call,
+        call,
         "ns/call",
         "auth.required-permission on the warm instance: the cost of a call",
     );
@@ -394,30 +418,19 @@ fn wasm_verify_ns(probe: &Path, calls: usize, runs: usize) -> Result<f64> {
     Ok(median(times))
 }
 
-/// Median ns per call on the component's warm instance.
-struct ComponentTimes {
-    verify: f64,
-    call: f64,
-}
-
 /// Median ns per `keys::required_permission`, natively.
 fn native_call_ns(calls: usize, runs: usize) -> Result<f64> {
     use sigma_keys_guest::domain::keys;
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        for _ in 0..calls {
-            std::hint::black_box(
-                keys::required_permission(
-                    std::hint::black_box("GET"),
-                    std::hint::black_box("/api/v1/records"),
-                )
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-            );
-        }
-        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
-    }
-    Ok(median(times))
+    median_ns(runs, calls, || {
+        std::hint::black_box(
+            keys::required_permission(
+                std::hint::black_box("GET"),
+                std::hint::black_box("/api/v1/records"),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        Ok(())
+    })
 }
 
 /// Median ns per `keys::verify` of one key, natively, over `store`.
@@ -429,15 +442,10 @@ fn native_verify_ns(
     use sigma_keys_guest::domain::{keys, permission::Permission as P};
     let (_, raw) =
         keys::create(store, "acme", "bench", &[P::Read]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        for _ in 0..calls {
-            keys::verify(store, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
-    }
-    Ok(median(times))
+    median_ns(runs, calls, || {
+        keys::verify(store, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    })
 }
 
 // ---- load generation ----------------------------------------------------
@@ -693,65 +701,43 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
     let key = format!("X-Sigma-ApiKey: {raw}");
 
-    let direct = load(
-        &format!("http://{upstream}/api/v1/records"),
-        64,
-        secs,
-        &[],
-        None,
-        runs,
-    )?;
-    add_load(
-        report,
-        "proxy_auth.upstream_direct",
-        &direct,
-        "the limit: no proxy",
-    );
-    let proxied = load(
-        &format!("http://{plain}/api/v1/records"),
-        64,
-        secs,
-        &[],
-        None,
-        runs,
-    )?;
-    add_load(
-        report,
-        "proxy_auth.plain_proxy",
-        &proxied,
-        "native hyper proxy, no auth",
-    );
-    let ours = load(
-        &format!("http://{}/api/v1/records", sigma.addr),
-        64,
-        secs,
-        &[&key],
-        None,
-        runs,
-    )?;
-    add_load(
-        report,
-        "proxy_auth.sigma_keys",
-        &ours,
-        "sigma-keys serve --upstream, valid key",
-    );
-    // The same server, key and authentication work on a path that is no
-    // resource (a 404 from the component): everything but the forwarding leg.
-    let unrouted = load_expecting(
-        &format!("http://{}/api/v1/widgets", sigma.addr),
-        64,
-        secs,
-        &[&key],
-        None,
-        runs,
-        false,
-    )?;
-    add_load(
-        report,
-        "proxy_auth.sigma_keys_no_forward",
-        &unrouted,
-        "same key on an unknown path: authentication, route, 404; no forwarding",
-    );
+    // (name, URL, headers, whether only 2xx counts, note). The last one is the
+    // same server, key and authentication on a path that is no resource (a
+    // 404 from the component): everything but the forwarding leg.
+    let cases = [
+        (
+            "proxy_auth.upstream_direct",
+            format!("http://{upstream}/api/v1/records"),
+            &[][..],
+            true,
+            "the limit: no proxy",
+        ),
+        (
+            "proxy_auth.plain_proxy",
+            format!("http://{plain}/api/v1/records"),
+            &[][..],
+            true,
+            "native hyper proxy, no auth",
+        ),
+        (
+            "proxy_auth.sigma_keys",
+            format!("http://{}/api/v1/records", sigma.addr),
+            &[key.as_str()][..],
+            true,
+            "sigma-keys serve --upstream, valid key",
+        ),
+        (
+            "proxy_auth.sigma_keys_no_forward",
+            format!("http://{}/api/v1/widgets", sigma.addr),
+            &[key.as_str()][..],
+            false,
+            "same key on an unknown path: authentication, route, 404; no forwarding",
+        ),
+    ];
+    for (name, url, headers, expect_2xx, note) in cases {
+        let measured = load_expecting(&url, 64, secs, headers, None, runs, expect_2xx)?;
+        add_load(report, name, &measured, note);
+    }
     report.compare(
         "proxy_auth.sigma_keys.rps",
         "proxy_auth.sigma_keys_no_forward.rps",
@@ -767,7 +753,9 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         "proxy_auth.upstream_direct.rps",
         Target::None,
     );
-    let p99 = ours.p99_ms;
+    let p99 = report
+        .value("proxy_auth.sigma_keys.p99")
+        .context("proxy_auth.sigma_keys.p99 was not measured")?;
     report.add(
         "proxy_auth.sigma_keys.p99_under_5ms",
         if p99 < 5.0 { 1.0 } else { 0.0 },
