@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# Installs the stock tools the stock-host tests use, once, into tools/ (ignored
-# by git): the wasmtime CLI at the host's wasmtime version and wac (composition).
+# Installs the stock tools the stock-host tests use, once per user, into a
+# cache outside the clone (${XDG_CACHE_HOME:-~/.cache}/sigma-keys/tools), so
+# a second clone reuses them: the wasmtime CLI at the host's wasmtime version
+# and wac (composition). tools/ in the clone (ignored by git) links to them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WASMTIME_VERSION=48.0.8
 WAC_VERSION=0.12.0
-if [ ! -x "tools/wasmtime-$WASMTIME_VERSION/bin/wasmtime" ]; then
-  echo "installing wasmtime-cli $WASMTIME_VERSION into tools/ (one time, several minutes)"
-  cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked --root "tools/wasmtime-$WASMTIME_VERSION"
-fi
-if [ ! -x "tools/wac-$WAC_VERSION/bin/wac" ]; then
-  echo "installing wac-cli $WAC_VERSION into tools/ (one time)"
-  cargo install wac-cli --version "$WAC_VERSION" --locked --root "tools/wac-$WAC_VERSION"
-fi
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/sigma-keys/tools"
+mkdir -p "$cache" tools
+
+# install NAME CRATE VERSION BINARY: cargo install into the cache unless the
+# binary is there, then link tools/NAME-VERSION to it.
+install() {
+  local name=$1 crate=$2 version=$3 binary=$4
+  local root="$cache/$name-$version"
+  if [ ! -x "$root/bin/$binary" ]; then
+    echo "installing $crate $version into $root (once per user, several minutes)"
+    cargo install "$crate" --version "$version" --locked --root "$root"
+  fi
+  # Replace a directory left by an older layout with the link.
+  if [ -d "tools/$name-$version" ] && [ ! -L "tools/$name-$version" ]; then
+    rm -rf "tools/$name-$version"
+  fi
+  ln -sfn "$root" "tools/$name-$version"
+}
+
+install wasmtime wasmtime-cli "$WASMTIME_VERSION" wasmtime
+install wac wac-cli "$WAC_VERSION" wac
