@@ -441,7 +441,7 @@ fn native_verify_ns(
 ) -> Result<f64> {
     use sigma_keys_guest::domain::{keys, permission::Permission as P};
     let (_, raw) =
-        keys::create(store, "acme", "bench", &[P::Read]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        keys::create(store, "acme", "bench", &[P::Read], 1).map_err(|e| anyhow::anyhow!("{e}"))?;
     median_ns(runs, calls, || {
         keys::verify(store, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())

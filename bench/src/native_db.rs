@@ -51,13 +51,16 @@ fn from_store(k: StoredKey) -> KeyRecord {
 fn err(e: E) -> StoreError {
     match e {
         E::Conflict => StoreError::Conflict,
+        E::LimitReached => StoreError::LimitReached,
         E::Unavailable(s) => StoreError::Unavailable(s),
     }
 }
 
 impl KeyStore for NativeDb {
-    fn insert(&self, key: &KeyRecord, hash: &KeyHash) -> Result<(), StoreError> {
-        self.0.insert(&to_store(key), &hash.0).map_err(err)
+    fn insert(&self, key: &KeyRecord, hash: &KeyHash, tenant_limit: u32) -> Result<(), StoreError> {
+        self.0
+            .insert(&to_store(key), &hash.0, tenant_limit)
+            .map_err(err)
     }
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self.0.find_by_hash(&hash.0).map_err(err)?.map(from_store))

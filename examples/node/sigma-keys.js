@@ -49,11 +49,17 @@ export function sqliteStore(path) {
   const byId = db.prepare(`SELECT ${COLUMNS} FROM api_keys WHERE tenant = ? AND id = ?`);
   return {
     db,
-    insert: guard((key, hash) => {
-      try {
+    insert: guard((key, hash, tenantLimit) => {
+      // Count and insert in one transaction, so the limit holds under concurrency.
+      const insert = db.transaction(() => {
+        const { n } = db.prepare('SELECT count(*) AS n FROM api_keys WHERE tenant = ?').get(key.tenant);
+        if (n >= BigInt(tenantLimit)) throw { payload: { tag: 'limit-reached' } };
         db.prepare('INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)').run(
           key.id, key.tenant, key.name, Buffer.from(hash), key.permissions.join(','),
           key.createdAt, key.lastUsedAt ?? null, key.deactivatedAt ?? null);
+      });
+      try {
+        insert.immediate();
       } catch (e) {
         if (e.code?.startsWith('SQLITE_CONSTRAINT')) throw { payload: { tag: 'conflict' } };
         throw e;

@@ -48,30 +48,40 @@ class SqliteStore:
             setattr(r, field, value)
         return r
 
-    # Each method returns the component's `result`. wasmtime-py wraps a result
-    # in a Variant("ok"/"err", ...) only when Python types cannot tell its two
-    # cases apart; otherwise the value itself stands for ok. `store-error` is
-    # such an untagged variant: None for `conflict`, a str for `unavailable`.
-    def insert(self, key: wc.Record, hash_: bytes) -> Any:
+    # Each method returns the component's `result`. wasmtime-py wraps a value
+    # in a Variant only when Python types cannot tell its cases apart.
+    # `store-error` is such a variant (`conflict` and `limit-reached` both
+    # carry nothing), so errors are Variant("conflict" | "limit-reached" |
+    # "unavailable", ...); every `result` around it is then told apart by
+    # type, so an ok value stands for itself.
+    def insert(self, key: wc.Record, hash_: bytes, tenant_limit: int) -> Any:
         try:
+            # Count and insert in one transaction, so the limit holds.
+            self.db.execute("BEGIN IMMEDIATE")
+            (n,) = self.db.execute("SELECT count(*) FROM api_keys WHERE tenant = ?", (key.tenant,)).fetchone()
+            if n >= tenant_limit:
+                self.db.execute("ROLLBACK")
+                return wc.Variant("limit-reached", None)
             self.db.execute(
                 "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.id, key.tenant, key.name, bytes(hash_), ",".join(key.permissions),
                  field(key, "created-at"), field(key, "last-used-at"), field(key, "deactivated-at")),
             )
+            self.db.execute("COMMIT")
         except sqlite3.IntegrityError:
-            return wc.Variant("err", None)  # conflict
-        return wc.Variant("ok", None)
+            self.db.execute("ROLLBACK")
+            return wc.Variant("conflict", None)
+        return None
 
     def find_by_hash(self, hash_: bytes) -> Any:
         row = self.db.execute(f"SELECT {self.COLUMNS} FROM api_keys WHERE key_hash = ?", (bytes(hash_),)).fetchone()
-        return wc.Variant("ok", self._record(row) if row else None)
+        return self._record(row) if row else None
 
     def list(self, tenant: str) -> Any:
         rows = self.db.execute(
             f"SELECT {self.COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY created_at, rowid", (tenant,)
         ).fetchall()
-        return [self._record(r) for r in rows]  # untagged: list vs None/str
+        return [self._record(r) for r in rows]
 
     def deactivate(self, tenant: str, id_: str, at: int) -> Any:
         self.db.execute(
@@ -79,18 +89,18 @@ class SqliteStore:
             (at, tenant, id_),
         )
         row = self.db.execute(f"SELECT {self.COLUMNS} FROM api_keys WHERE tenant = ? AND id = ?", (tenant, id_)).fetchone()
-        return wc.Variant("ok", self._record(row) if row else None)
+        return self._record(row) if row else None
 
     def remove(self, tenant: str, id_: str) -> Any:
         cur = self.db.execute("DELETE FROM api_keys WHERE tenant = ? AND id = ?", (tenant, id_))
-        return cur.rowcount > 0  # untagged: bool vs None/str
+        return cur.rowcount > 0
 
     def record_use(self, id_: str, at: int) -> Any:
         self.db.execute(
             "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
             (at, id_, at),
         )
-        return wc.Variant("ok", None)
+        return None
 
 
 @dataclass
@@ -115,7 +125,7 @@ class SigmaKeys:
         with linker.root() as root:
             with root.add_instance(f"sigma:api-keys/store@{VERSION}") as store:
                 s = self.store_impl
-                store.add_func("insert", lambda _, key, hash_: s.insert(key, hash_))
+                store.add_func("insert", lambda _, key, hash_, limit: s.insert(key, hash_, limit))
                 store.add_func("find-by-hash", lambda _, hash_: s.find_by_hash(hash_))
                 store.add_func("list", lambda _, tenant: s.list(tenant))
                 store.add_func("deactivate", lambda _, tenant, id_, at: s.deactivate(tenant, id_, at))

@@ -8,6 +8,7 @@ use crate::domain::api::{
     UpstreamFailure,
 };
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::domain::headers;
 use crate::domain::jwt::MIN_SECRET_LEN;
 use crate::domain::keys::{self as lifecycle, KeyRecord, KeyStore, StoreError, Verified};
 use crate::domain::permission::Permission;
@@ -136,6 +137,8 @@ fn error_to_wit(e: ApiError) -> wit::Error {
         ErrorCode::InsufficientPermission => wit::ErrorCode::InsufficientPermission,
         ErrorCode::UnknownResource => wit::ErrorCode::UnknownResource,
         ErrorCode::MethodNotAllowed => wit::ErrorCode::MethodNotAllowed,
+        ErrorCode::KeyLimitReached => wit::ErrorCode::KeyLimitReached,
+        ErrorCode::StoreUnavailable => wit::ErrorCode::StoreUnavailable,
         _ => wit::ErrorCode::Internal,
     };
     wit::Error {
@@ -147,6 +150,7 @@ fn error_to_wit(e: ApiError) -> wit::Error {
 fn store_error(e: store::StoreError) -> StoreError {
     match e {
         store::StoreError::Conflict => StoreError::Conflict,
+        store::StoreError::LimitReached => StoreError::LimitReached,
         store::StoreError::Unavailable(why) => StoreError::Unavailable(why),
     }
 }
@@ -155,8 +159,8 @@ fn store_error(e: store::StoreError) -> StoreError {
 struct HostStore;
 
 impl KeyStore for HostStore {
-    fn insert(&self, key: &KeyRecord, hash: &KeyHash) -> Result<(), StoreError> {
-        store::insert(&record_to_store(key), &hash.0).map_err(store_error)
+    fn insert(&self, key: &KeyRecord, hash: &KeyHash, tenant_limit: u32) -> Result<(), StoreError> {
+        store::insert(&record_to_store(key), &hash.0, tenant_limit).map_err(store_error)
     }
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         Ok(store::find_by_hash(&hash.0)
@@ -218,8 +222,14 @@ impl keys::Guest for Component {
     ) -> Result<wit::CreatedKey, wit::Error> {
         let permissions: Vec<Permission> =
             permissions.into_iter().map(permission_from_wit).collect();
-        let (record, raw) =
-            lifecycle::create(&HostStore, &tenant, &name, &permissions).map_err(error_to_wit)?;
+        let (record, raw) = lifecycle::create(
+            &HostStore,
+            &tenant,
+            &name,
+            &permissions,
+            settings().max_keys_per_tenant,
+        )
+        .map_err(error_to_wit)?;
         Ok(wit::CreatedKey {
             key: record_to_wit(&record),
             raw_key: raw.expose().to_owned(),
@@ -267,6 +277,8 @@ impl gateway::Guest for Component {
             method: &head.method,
             path_with_query: &head.path_with_query,
             headers: &head.headers,
+            peer: head.peer.as_deref(),
+            tls: head.tls,
         };
         let mut caller = Caller::default();
         let decision = api::decide(&HostStore, settings(), &request, &mut caller);
@@ -285,7 +297,9 @@ impl gateway::Guest for Component {
                 headers: plan.headers,
                 timeout_ms: settings().upstream_timeout_ms,
             }),
-            Decision::Handle => gateway::Decision::Handle,
+            Decision::Handle => {
+                gateway::Decision::Handle(u32::try_from(api::MAX_BODY_BYTES).unwrap_or(u32::MAX))
+            }
         }
     }
 
@@ -297,7 +311,10 @@ impl gateway::Guest for Component {
     }
 
     fn hop_by_hop_headers() -> Vec<String> {
-        api::HOP_BY_HOP.iter().map(|n| (*n).to_owned()).collect()
+        headers::HOP_BY_HOP
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect()
     }
 }
 
@@ -343,7 +360,20 @@ fn settings() -> &'static Settings {
             .and_then(|v| v.parse().ok())
             .filter(|ms| *ms > 0)
             .unwrap_or(api::DEFAULT_UPSTREAM_TIMEOUT_MS);
-        Settings { jwt_secret, upstream, upstream_timeout_ms }
+        let jwt_max_lifetime_secs = get("jwt-max-lifetime-secs")
+            .and_then(|v| v.parse().ok())
+            .filter(|s| *s > 0)
+            .unwrap_or(api::DEFAULT_JWT_MAX_LIFETIME_SECS);
+        let max_keys_per_tenant = get("max-keys-per-tenant")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(api::DEFAULT_MAX_KEYS_PER_TENANT);
+        Settings {
+            jwt_secret,
+            upstream,
+            upstream_timeout_ms,
+            jwt_max_lifetime_secs,
+            max_keys_per_tenant,
+        }
     })
 }
 
@@ -406,6 +436,9 @@ impl exports::wasi::http::incoming_handler::Guest for Component {
             method: &method,
             path_with_query: &path,
             headers: &headers,
+            // wasi:http does not tell the client's address.
+            peer: None,
+            tls: matches!(request.scheme(), Some(Scheme::Https)),
         };
         let mut caller = Caller::default();
         let outcome = api::handle(
@@ -561,7 +594,7 @@ fn forward(request: &IncomingRequest, method: &str, plan: api::Forward, out: Res
     };
 
     let status = response.status();
-    let mut headers = api::end_to_end_headers(&response.headers().entries());
+    let mut headers = headers::end_to_end_headers(&response.headers().entries());
     if method == "HEAD" || status == 204 || status == 304 {
         // No body follows, so a length would not match what we write.
         headers.retain(|(n, _)| n != "content-length");

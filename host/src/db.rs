@@ -2,22 +2,45 @@
 //!
 //! WAL mode with `synchronous=FULL`: a write is on disk when the call returns,
 //! so nothing acknowledged is lost to `kill -9` or a power cut. Only the
-//! SHA-256 of a key is ever written.
+//! SHA-256 of a key is ever written. The database and its `-wal` and `-shm`
+//! files are created readable by their owner only.
+//!
+//! Every call may wait for SQLite's lock, so callers on an async runtime run
+//! them on a blocking thread; each waits at most [`BUSY_TIMEOUT`] for the
+//! lock, then fails with `unavailable`.
 //!
 //! Lookups by hash (one per authenticated request) are served from memory
-//! while no connection, in this process or another (the CLI), has committed
-//! anything since they were read. Any commit empties the cache before the
-//! next lookup, so a deactivated or deleted key is refused from the moment
-//! its write returns. See [`CommitWatch`] for how commits are noticed.
+//! ([`Db::cached`], no I/O) while no connection, in this process or another
+//! (the CLI), has committed since. A commit is noticed through [`CommitWatch`];
+//! the keys it changed are then read from `key_changes`, which triggers fill
+//! in the same transaction as every change to a key, so a commit evicts only
+//! those keys, and a deactivated or deleted key is refused from the moment
+//! its write returns.
+//!
+//! `lastUsedAt` is not written on the request path: uses are collected in
+//! memory and written in one transaction per [`USE_FLUSH_INTERVAL`] by a
+//! thread of their own (a `kill -9` may lose the last interval's uses).
 
 use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::bindings::sigma::api_keys::store::{Permission, StoreError, StoredKey as KeyRecord};
+
+/// The longest any call waits for another connection's lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often collected `lastUsedAt` values are written.
+pub const USE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Entries kept in `key_changes`; a reader that falls further behind than
+/// this empties its whole cache.
+const KEPT_CHANGES: i64 = 10_000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -33,8 +56,24 @@ const MIGRATIONS: &[&str] = &[
         deactivated_at INTEGER
     );
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);",
+    // 2: the change feed that cache eviction reads. Triggers write it, so no
+    // writer (an older binary, a hand-run SQL statement) can skip it. Only
+    // `last_used_at` changes nothing a lookup decides on.
+    "CREATE TABLE key_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        key_hash BLOB NOT NULL
+    );
+    CREATE TRIGGER api_keys_updated
+        AFTER UPDATE OF id, tenant, name, key_hash, permissions, created_at, deactivated_at
+        ON api_keys
+    BEGIN
+        INSERT INTO key_changes (key_hash) VALUES (OLD.key_hash);
+    END;
+    CREATE TRIGGER api_keys_deleted AFTER DELETE ON api_keys
+    BEGIN
+        INSERT INTO key_changes (key_hash) VALUES (OLD.key_hash);
+    END;",
 ];
-
 /// Permission names as stored; they never change once written.
 const PERMISSION_NAMES: [(Permission, &str); 5] = [
     (Permission::Read, "read"),
@@ -128,18 +167,55 @@ impl CommitWatch {
     }
 }
 
-/// Records found by hash, valid while the database's stamp stays `stamp`.
+/// Records found by hash, valid while the database's stamp stays `stamp`
+/// (after applying every change up to `seen`).
+#[derive(Default)]
 struct HashCache {
     stamp: Option<Stamp>,
+    /// The last `key_changes.seq` applied.
+    seen: i64,
     entries: HashMap<[u8; 32], KeyRecord>,
+    /// The hash of each cached key id, to update `last_used_at` in place.
+    hashes: HashMap<String, [u8; 32]>,
 }
 
 impl HashCache {
-    /// Empties the cache if anything was committed since it was filled.
-    fn refresh(&mut self, now: Stamp) {
-        if self.stamp != Some(now) {
-            self.entries.clear();
-            self.stamp = Some(now);
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.hashes.clear();
+    }
+
+    fn evict(&mut self, hash: &[u8]) {
+        if let Ok(hash) = <[u8; 32]>::try_from(hash)
+            && let Some(record) = self.entries.remove(&hash)
+        {
+            self.hashes.remove(&record.id);
+        }
+    }
+
+    fn insert(&mut self, hash: [u8; 32], record: KeyRecord) {
+        if self.entries.len() >= MAX_CACHED_KEYS {
+            self.clear();
+        }
+        self.hashes.insert(record.id.clone(), hash);
+        self.entries.insert(hash, record);
+    }
+}
+
+/// `lastUsedAt` values waiting to be written, by key id.
+type PendingUses = Arc<Mutex<HashMap<String, u64>>>;
+
+/// The thread that writes collected uses; stopped (after a last write) on drop.
+struct UseWriter {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for UseWriter {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -148,6 +224,9 @@ impl HashCache {
 pub struct Db {
     /// First, so it is dropped (and the WAL index unmapped) before the connections close.
     watch: CommitWatch,
+    /// Before the connections too: its last write needs the database open.
+    _use_writer: UseWriter,
+    pending: PendingUses,
     cache: Mutex<HashCache>,
     path: PathBuf,
     writer: Mutex<Connection>,
@@ -157,18 +236,27 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Db> {
+        create_private(path)?;
         let writer = connect(path, true)
             .with_context(|| format!("cannot open the database {}", path.display()))?;
         migrate(&writer)
             .with_context(|| format!("cannot migrate the database {}", path.display()))?;
+        let seen: i64 = writer
+            .query_row("SELECT coalesce(max(seq), 0) FROM key_changes", [], |r| {
+                r.get(0)
+            })
+            .context("cannot read the change feed")?;
+        let pending = PendingUses::default();
         Ok(Db {
             watch: CommitWatch::open(path)?,
+            _use_writer: UseWriter::start(path, pending.clone())?,
+            pending,
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             cache: Mutex::new(HashCache {
-                stamp: None,
-                entries: HashMap::new(),
+                seen,
+                ..HashCache::default()
             }),
         })
     }
@@ -204,24 +292,56 @@ impl Db {
         result
     }
 
-    pub fn insert(&self, key: &KeyRecord, hash: &[u8]) -> Result<(), StoreError> {
-        self.write(|c| {
-            c.prepare_cached(
-                "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                key.id,
-                key.tenant,
-                key.name,
-                hash,
-                permissions_to_text(&key.permissions),
-                to_sql_time(key.created_at),
-                key.last_used_at.map(to_sql_time),
-                key.deactivated_at.map(to_sql_time),
-            ])
-            .map(|_| ())
-        })
+    /// Stores a new key unless its tenant already has `tenant_limit` keys.
+    pub fn insert(
+        &self,
+        key: &KeyRecord,
+        hash: &[u8],
+        tenant_limit: u32,
+    ) -> Result<(), StoreError> {
+        let inserted = self.write(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                     WHERE (SELECT count(*) FROM api_keys WHERE tenant = ?2) < ?9",
+                )?
+                .execute(params![
+                    key.id,
+                    key.tenant,
+                    key.name,
+                    hash,
+                    permissions_to_text(&key.permissions),
+                    to_sql_time(key.created_at),
+                    key.last_used_at.map(to_sql_time),
+                    key.deactivated_at.map(to_sql_time),
+                    tenant_limit,
+                ])?;
+            tx.commit()?;
+            Ok(n)
+        })?;
+        if inserted == 0 {
+            return Err(StoreError::LimitReached);
+        }
+        Ok(())
+    }
+
+    /// The cached record for `hash`, if nothing was committed since it was
+    /// read: no I/O, safe to call on an async worker. `None` means "ask
+    /// [`Db::find_by_hash`]", not "no such key".
+    pub fn cached(&self, hash: &[u8]) -> Option<KeyRecord> {
+        let key = <[u8; 32]>::try_from(hash).ok()?;
+        let stamp = match &self.watch {
+            CommitWatch::SharedMemory(_) => self.watch.stamp().ok()?,
+            // Checking costs a query: leave it to the blocking path.
+            CommitWatch::DataVersion(_) => return None,
+        };
+        let cache = self.cache.lock().ok()?;
+        if cache.stamp != Some(stamp) {
+            return None;
+        }
+        cache.entries.get(&key).cloned()
     }
 
     pub fn find_by_hash(&self, hash: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
@@ -230,26 +350,70 @@ impl Db {
         };
         let poisoned = || StoreError::Unavailable("the key cache is poisoned".into());
         let stamp = self.watch.stamp()?;
-        {
-            let mut cache = self.cache.lock().map_err(|_| poisoned())?;
-            cache.refresh(stamp);
-            if let Some(found) = cache.entries.get(&key) {
-                return Ok(Some(found.clone()));
-            }
+        if self.cache.lock().map_err(|_| poisoned())?.stamp != Some(stamp) {
+            self.catch_up(stamp)?;
+        }
+        if let Some(found) = self.cache.lock().map_err(|_| poisoned())?.entries.get(&key) {
+            return Ok(Some(found.clone()));
         }
         // Read without holding the cache; keep the result only if nothing was
         // committed since `stamp` was taken (else the next lookup reads again).
-        let found = self.find_by_hash_stored(hash)?;
-        if let Some(record) = &found
-            && let Ok(mut cache) = self.cache.lock()
-            && cache.stamp == Some(stamp)
-        {
-            if cache.entries.len() >= MAX_CACHED_KEYS {
-                cache.entries.clear();
+        let mut found = self.find_by_hash_stored(hash)?;
+        if let Some(record) = &mut found {
+            self.with_pending_use(record);
+            if let Ok(mut cache) = self.cache.lock()
+                && cache.stamp == Some(stamp)
+            {
+                cache.insert(key, record.clone());
             }
-            cache.entries.insert(key, record.clone());
         }
         Ok(found)
+    }
+
+    /// Evicts every key changed since the cache was last brought up to date,
+    /// then marks it valid for `stamp`. When the changes cannot be read, the
+    /// whole cache is emptied: it is never trusted blind.
+    fn catch_up(&self, stamp: Stamp) -> Result<(), StoreError> {
+        let seen = match self.cache.lock() {
+            Ok(cache) => cache.seen,
+            Err(_) => return Err(StoreError::Unavailable("the key cache is poisoned".into())),
+        };
+        let changes = self.read(|c| {
+            let oldest: Option<i64> =
+                c.query_row("SELECT min(seq) FROM key_changes", [], |r| r.get(0))?;
+            let rows = c
+                .prepare_cached(
+                    "SELECT seq, key_hash FROM key_changes WHERE seq > ?1 ORDER BY seq",
+                )?
+                .query_map([seen], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((oldest, rows))
+        });
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| StoreError::Unavailable("the key cache is poisoned".into()))?;
+        match changes {
+            Ok((oldest, rows)) => {
+                if oldest.is_some_and(|oldest| oldest > seen.saturating_add(1)) {
+                    // Pruned past what we saw: some changes are unknown.
+                    cache.clear();
+                }
+                for (seq, hash) in &rows {
+                    cache.evict(hash);
+                    cache.seen = cache.seen.max(*seq);
+                }
+                cache.stamp = Some(stamp);
+                Ok(())
+            }
+            Err(e) => {
+                cache.clear();
+                cache.stamp = None;
+                Err(e)
+            }
+        }
     }
 
     fn find_by_hash_stored(&self, hash: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
@@ -263,13 +427,17 @@ impl Db {
     }
 
     pub fn list(&self, tenant: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        self.read(|c| {
+        let mut list = self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM api_keys WHERE tenant = ?1 ORDER BY created_at, rowid"
             ))?
             .query_map([tenant], record)?
-            .collect()
-        })
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        for key in &mut list {
+            self.with_pending_use(key);
+        }
+        Ok(list)
     }
 
     pub fn deactivate(
@@ -279,7 +447,7 @@ impl Db {
         at: u64,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.write(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.prepare_cached(
                 "UPDATE api_keys SET deactivated_at = ?3
                  WHERE tenant = ?1 AND id = ?2 AND deactivated_at IS NULL",
@@ -291,30 +459,158 @@ impl Db {
                 ))?
                 .query_row([tenant, id], record)
                 .optional()?;
+            prune_changes(&tx)?;
             tx.commit()?;
             Ok(found)
+        })
+        .map(|found| {
+            found.map(|mut record| {
+                self.with_pending_use(&mut record);
+                record
+            })
         })
     }
 
     pub fn remove(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         self.write(|c| {
-            c.prepare_cached("DELETE FROM api_keys WHERE tenant = ?1 AND id = ?2")?
-                .execute([tenant, id])
-                .map(|n| n > 0)
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let removed = tx
+                .prepare_cached("DELETE FROM api_keys WHERE tenant = ?1 AND id = ?2")?
+                .execute([tenant, id])?
+                > 0;
+            prune_changes(&tx)?;
+            tx.commit()?;
+            Ok(removed)
         })
     }
 
+    /// Shows a use that is not written yet.
+    fn with_pending_use(&self, record: &mut KeyRecord) {
+        if let Some(at) = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&record.id).copied())
+        {
+            record.last_used_at = record.last_used_at.max(Some(at));
+        }
+    }
+
+    /// Notes a use; written with the others within [`USE_FLUSH_INTERVAL`].
+    /// Never waits for the database.
     pub fn record_use(&self, id: &str, at: u64) -> Result<(), StoreError> {
-        // Only ever raises last_used_at: a late write never moves it back, and
-        // it touches no other column, so a concurrent deactivation or delete wins.
-        self.write(|c| {
-            c.prepare_cached(
-                "UPDATE api_keys SET last_used_at = ?2
-                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-            )?
-            .execute(params![id, to_sql_time(at)])
-            .map(|_| ())
+        if let Ok(mut pending) = self.pending.lock() {
+            let entry = pending.entry(id.to_owned()).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        // The cached record shows the use at once, so the component does not
+        // ask again within the interval.
+        if let Ok(mut cache) = self.cache.lock()
+            && let Some(hash) = cache.hashes.get(id).copied()
+            && let Some(record) = cache.entries.get_mut(&hash)
+        {
+            record.last_used_at = record.last_used_at.max(Some(at));
+        }
+        Ok(())
+    }
+
+    /// Writes every collected use now (also done on drop and every interval).
+    pub fn flush_uses(&self) -> Result<(), StoreError> {
+        flush_uses(&self.writer, &self.pending)
+    }
+}
+
+impl UseWriter {
+    fn start(path: &Path, pending: PendingUses) -> Result<UseWriter> {
+        let conn = connect(path, false)
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sigma-keys-uses".into())
+            .spawn(move || {
+                let conn = Mutex::new(conn);
+                loop {
+                    let last = matches!(
+                        stopped.recv_timeout(USE_FLUSH_INTERVAL),
+                        Err(RecvTimeoutError::Disconnected)
+                    );
+                    if let Err(e) = flush_uses(&conn, &pending) {
+                        tracing::warn!(
+                            "could not write lastUsedAt yet (kept for the next try): {e:?}"
+                        );
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the lastUsedAt writer")?;
+        Ok(UseWriter {
+            stop: Some(stop),
+            thread: Some(thread),
         })
+    }
+}
+
+/// Writes the collected uses in one transaction; on failure they are kept.
+fn flush_uses(conn: &Mutex<Connection>, pending: &PendingUses) -> Result<(), StoreError> {
+    let batch: HashMap<String, u64> = match pending.lock() {
+        Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
+        _ => return Ok(()),
+    };
+    let written = conn
+        .lock()
+        .map_err(|_| StoreError::Unavailable("the lastUsedAt connection is poisoned".into()))
+        .and_then(|mut c| {
+            (|| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                {
+                    // Only ever raises last_used_at, and touches no other
+                    // column, so a concurrent deactivation or delete wins.
+                    let mut update = tx.prepare_cached(
+                        "UPDATE api_keys SET last_used_at = ?2
+                         WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                    )?;
+                    for (id, at) in &batch {
+                        update.execute(params![id, to_sql_time(*at)])?;
+                    }
+                }
+                tx.commit()
+            })()
+            .map_err(store_error)
+        });
+    if written.is_err()
+        && let Ok(mut p) = pending.lock()
+    {
+        for (id, at) in batch {
+            let entry = p.entry(id).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+    }
+    written
+}
+
+/// Keeps `key_changes` from growing without end.
+fn prune_changes(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "DELETE FROM key_changes WHERE seq <= (SELECT max(seq) FROM key_changes) - ?1",
+    )?
+    .execute([KEPT_CHANGES])
+    .map(|_| ())
+}
+
+/// Creates the database file readable by its owner only, if it does not
+/// exist: SQLite gives its `-wal` and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create the database {}", path.display())),
     }
 }
 
@@ -326,7 +622,7 @@ fn connect(path: &Path, create: bool) -> Result<Connection> {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("the database does not support WAL mode (got {mode})");
@@ -419,6 +715,8 @@ fn record(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
 mod tests {
     use super::*;
 
+    const LIMIT: u32 = 10_000;
+
     fn key(id: &str, tenant: &str, at: u64) -> KeyRecord {
         KeyRecord {
             id: id.into(),
@@ -435,15 +733,15 @@ mod tests {
     fn round_trip_ordering_and_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("k.db")).unwrap();
-        db.insert(&key("b", "t", 20), &[2; 32]).unwrap();
-        db.insert(&key("a", "t", 10), &[1; 32]).unwrap();
-        db.insert(&key("c", "u", 5), &[3; 32]).unwrap();
+        db.insert(&key("b", "t", 20), &[2; 32], LIMIT).unwrap();
+        db.insert(&key("a", "t", 10), &[1; 32], LIMIT).unwrap();
+        db.insert(&key("c", "u", 5), &[3; 32], LIMIT).unwrap();
         assert!(matches!(
-            db.insert(&key("a", "t", 1), &[9; 32]),
+            db.insert(&key("a", "t", 1), &[9; 32], LIMIT),
             Err(StoreError::Conflict)
         ));
         assert!(matches!(
-            db.insert(&key("z", "t", 1), &[1; 32]),
+            db.insert(&key("z", "t", 1), &[1; 32], LIMIT),
             Err(StoreError::Conflict)
         ));
         let ids: Vec<String> = db.list("t").unwrap().into_iter().map(|k| k.id).collect();
@@ -460,7 +758,7 @@ mod tests {
     fn deactivate_keeps_the_first_time_and_use_never_resurrects() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("k.db")).unwrap();
-        db.insert(&key("a", "t", 1), &[1; 32]).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], LIMIT).unwrap();
         assert!(db.deactivate("other", "a", 5).unwrap().is_none());
         assert_eq!(
             db.deactivate("t", "a", 5).unwrap().unwrap().deactivated_at,
@@ -474,6 +772,10 @@ mod tests {
         db.record_use("a", 50).unwrap();
         let k = db.find_by_hash(&[1; 32]).unwrap().unwrap();
         assert_eq!((k.last_used_at, k.deactivated_at), (Some(100), Some(5)));
+        db.flush_uses().unwrap();
+        let other = Db::open(&dir.path().join("k.db")).unwrap();
+        let k = other.find_by_hash(&[1; 32]).unwrap().unwrap();
+        assert_eq!((k.last_used_at, k.deactivated_at), (Some(100), Some(5)));
         assert!(!db.remove("other", "a").unwrap());
         assert!(db.remove("t", "a").unwrap());
         db.record_use("a", 200).unwrap();
@@ -485,8 +787,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let db = Db::open(&path).unwrap();
-        db.insert(&key("a", "t", 1), &[1; 32]).unwrap();
-        db.insert(&key("b", "t", 2), &[2; 32]).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], LIMIT).unwrap();
+        db.insert(&key("b", "t", 2), &[2; 32], LIMIT).unwrap();
         assert!(db.find_by_hash(&[1; 32]).unwrap().is_some());
 
         // Through this store.
@@ -494,6 +796,11 @@ mod tests {
         let k = db.find_by_hash(&[1; 32]).unwrap().unwrap();
         assert_eq!(k.deactivated_at, Some(5));
         db.record_use("a", 7).unwrap();
+        assert_eq!(
+            db.find_by_hash(&[1; 32]).unwrap().unwrap().last_used_at,
+            Some(7)
+        );
+        db.flush_uses().unwrap();
         assert_eq!(
             db.find_by_hash(&[1; 32]).unwrap().unwrap().last_used_at,
             Some(7)
@@ -539,7 +846,7 @@ mod tests {
         );
         Db::open(&path)
             .unwrap()
-            .insert(&key("a", "t", 1), &[1; 32])
+            .insert(&key("a", "t", 1), &[1; 32], LIMIT)
             .unwrap();
         assert_ne!(shared.stamp().unwrap(), before.0);
         assert_ne!(fallback.stamp().unwrap(), before.1);
@@ -551,7 +858,7 @@ mod tests {
         let path = dir.path().join("k.db");
         Db::open(&path)
             .unwrap()
-            .insert(&key("a", "t", 1), &[1; 32])
+            .insert(&key("a", "t", 1), &[1; 32], LIMIT)
             .unwrap();
         assert_eq!(Db::open(&path).unwrap().list("t").unwrap().len(), 1);
         Connection::open(&path)
@@ -559,5 +866,111 @@ mod tests {
             .execute_batch("PRAGMA user_version = 99")
             .unwrap();
         assert!(Db::open(&path).is_err());
+    }
+
+    #[test]
+    fn a_commit_evicts_only_the_keys_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let db = Db::open(&path).unwrap();
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let n = u8::try_from(i).unwrap() + 1;
+            db.insert(&key(id, "t", 1), &[n; 32], LIMIT).unwrap();
+            assert!(db.find_by_hash(&[n; 32]).unwrap().is_some());
+            assert!(db.cached(&[n; 32]).is_some(), "{id} is cached");
+        }
+        // Another process deactivates b and records a use of c.
+        let other = Db::open(&path).unwrap();
+        other.deactivate("t", "b", 9).unwrap();
+        other.record_use("c", 11).unwrap();
+        other.flush_uses().unwrap();
+        assert!(db.cached(&[1; 32]).is_none(), "unknown until caught up");
+        assert_eq!(
+            db.find_by_hash(&[2; 32]).unwrap().unwrap().deactivated_at,
+            Some(9)
+        );
+        assert!(db.cached(&[1; 32]).is_some(), "a survived the commit");
+        assert!(db.cached(&[3; 32]).is_some(), "a use evicts nothing");
+        assert_eq!(db.cached(&[2; 32]).unwrap().deactivated_at, Some(9));
+        // A raw SQL delete is seen through the triggers.
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM api_keys WHERE id = 'c'", [])
+            .unwrap();
+        assert!(db.find_by_hash(&[3; 32]).unwrap().is_none());
+        assert!(db.cached(&[1; 32]).is_some());
+    }
+
+    #[test]
+    fn another_process_holding_the_write_lock_stalls_no_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let db = Db::open(&path).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], LIMIT).unwrap();
+        db.insert(&key("b", "t", 1), &[2; 32], LIMIT).unwrap();
+        assert!(db.find_by_hash(&[1; 32]).unwrap().is_some());
+        // Another process (the CLI, a backup) holds the write lock.
+        let locker = Connection::open(&path).unwrap();
+        locker
+            .execute_batch("BEGIN IMMEDIATE; UPDATE api_keys SET name = 'x' WHERE id = 'b';")
+            .unwrap();
+        let started = std::time::Instant::now();
+        assert!(db.cached(&[1; 32]).is_some(), "cached keys keep working");
+        assert_eq!(db.find_by_hash(&[2; 32]).unwrap().unwrap().name, "n");
+        db.record_use("a", 5).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "lookups never wait"
+        );
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            db.insert(&key("c", "t", 1), &[3; 32], LIMIT),
+            Err(StoreError::Unavailable(_))
+        ));
+        // The writer thread may take the batch first; either way it fails and is kept.
+        let _ = db.flush_uses();
+        let waited = started.elapsed();
+        assert!(
+            waited < BUSY_TIMEOUT * 3,
+            "writes give up in bounded time: {waited:?}"
+        );
+        drop(locker); // rolls back
+        db.flush_uses().unwrap();
+        assert_eq!(
+            db.find_by_hash(&[1; 32]).unwrap().unwrap().last_used_at,
+            Some(5)
+        );
+        assert!(
+            db.find_by_hash(&[3; 32]).unwrap().is_none(),
+            "nothing was written"
+        );
+    }
+
+    #[test]
+    fn a_tenant_gets_at_most_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("k.db")).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], 2).unwrap();
+        db.insert(&key("b", "t", 1), &[2; 32], 2).unwrap();
+        assert!(matches!(
+            db.insert(&key("c", "t", 1), &[3; 32], 2),
+            Err(StoreError::LimitReached)
+        ));
+        db.insert(&key("d", "u", 1), &[4; 32], 2).unwrap();
+        assert_eq!(db.list("t").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let db = Db::open(&path).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], LIMIT).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{file} is {mode:o}");
+        }
     }
 }

@@ -20,6 +20,9 @@ pub mod bindings {
         path: "../wit",
         world: "sigma:api-keys/typed",
         exports: { default: async },
+        // Store calls may wait for SQLite's lock: they run on a blocking
+        // thread, so an async worker never waits.
+        imports: { "sigma:api-keys/store": async },
         additional_derives: [PartialEq, Eq],
     });
 }

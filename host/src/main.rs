@@ -61,6 +61,18 @@ struct ServeArgs {
     /// Close keep-alive connections idle for this long
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     idle_timeout: Duration,
+    /// Close a connection whose request (headers and body) takes longer than this to arrive
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    request_timeout: Duration,
+    /// Serve at most this many connections at once; more wait in the accept backlog
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_connections: u32,
+    /// Refuse Bearer tokens that expire further ahead than this
+    #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    jwt_max_lifetime: Duration,
+    /// Refuse to create more than this many keys for one tenant (409 key_limit_reached)
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_keys_per_tenant: u32,
 }
 
 #[derive(Args)]
@@ -228,6 +240,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         jwt_secret: Some(jwt_secret),
         upstream: args.upstream.clone(),
         upstream_timeout: Some(args.upstream_timeout),
+        jwt_max_lifetime: Some(args.jwt_max_lifetime),
+        max_keys_per_tenant: Some(args.max_keys_per_tenant),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -250,6 +264,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let limits = Limits {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
+        request_timeout: args.request_timeout,
+        max_connections: args.max_connections as usize,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

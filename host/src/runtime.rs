@@ -2,11 +2,14 @@
 //! SQLite store, the configuration and the request log.
 
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
@@ -30,7 +33,11 @@ pub struct Settings {
     /// Where authorized resource requests are forwarded.
     pub upstream: Option<String>,
     /// How long the upstream may take to connect, answer or send more body.
-    pub upstream_timeout: Option<std::time::Duration>,
+    pub upstream_timeout: Option<Duration>,
+    /// Bearer tokens whose `exp` is further ahead are refused (component default: 24 h).
+    pub jwt_max_lifetime: Option<Duration>,
+    /// Keys one tenant may have (component default: 10,000).
+    pub max_keys_per_tenant: Option<u32>,
 }
 
 /// Who made an HTTP request, as the component reported it.
@@ -43,6 +50,19 @@ pub struct Caller {
 
 /// Instances that may be alive at once (requests in flight plus typed calls).
 pub const MAX_INSTANCES: u32 = 512;
+/// Instances kept for typed calls (`Service`, the CLI); the rest serve HTTP.
+const TYPED_RESERVE: u32 = 32;
+/// How long a request waits for a free instance before it is answered
+/// 503 `overloaded`.
+pub const INSTANCE_WAIT: Duration = Duration::from_secs(1);
+/// The most linear memory one instance may grow to, in every engine
+/// configuration.
+pub const MAX_MEMORY_BYTES: usize = 256 << 20;
+/// The epoch advances this often; guest calls are interrupted on epochs.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The longest one guest call (one request's decision and handling, or one
+/// typed call) may take, store waits included, before it traps.
+pub const GUEST_CALL_DEADLINE: Duration = Duration::from_secs(5);
 
 fn pooling_limits() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
@@ -50,9 +70,24 @@ fn pooling_limits() -> PoolingAllocationConfig {
         .total_core_instances(MAX_INSTANCES * 8)
         .total_memories(MAX_INSTANCES * 2)
         .total_tables(MAX_INSTANCES * 8)
-        .max_memory_size(256 << 20);
+        .max_memory_size(MAX_MEMORY_BYTES);
     pool
 }
+
+/// Every request is refused with 503 `overloaded` while no instance frees up.
+#[derive(Debug)]
+pub struct Overloaded;
+
+impl std::fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no component instance came free within {INSTANCE_WAIT:?}"
+        )
+    }
+}
+
+impl std::error::Error for Overloaded {}
 
 /// Warm HTTP instances kept between requests.
 const MAX_IDLE_INSTANCES: usize = 64;
@@ -67,6 +102,8 @@ pub(crate) struct HttpInstance {
     pub(crate) proxy: Proxy,
     pub(crate) typed: Typed,
     served: u32,
+    /// Counts this instance against the HTTP share of the pool.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Per-call state of one component instance.
@@ -78,6 +115,7 @@ pub struct Ctx {
     db: Arc<Db>,
     config: Arc<WasiConfigVariables>,
     caller: Arc<Mutex<Caller>>,
+    limits: StoreLimits,
 }
 
 impl WasiView for Ctx {
@@ -116,28 +154,54 @@ impl request_log::Host for Ctx {
     }
 }
 
+/// Runs a store call on the blocking pool, so no async worker waits for SQLite.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(call).await.unwrap_or_else(|e| {
+        Err(StoreError::Unavailable(format!(
+            "the store call failed: {e}"
+        )))
+    })
+}
+
 impl store::Host for Ctx {
-    fn insert(&mut self, key: KeyRecord, hash: Vec<u8>) -> Result<(), StoreError> {
-        self.db.insert(&key, &hash)
+    async fn insert(
+        &mut self,
+        key: KeyRecord,
+        hash: Vec<u8>,
+        tenant_limit: u32,
+    ) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        blocking(move || db.insert(&key, &hash, tenant_limit)).await
     }
-    fn find_by_hash(&mut self, hash: Vec<u8>) -> Result<Option<KeyRecord>, StoreError> {
-        self.db.find_by_hash(&hash)
+    async fn find_by_hash(&mut self, hash: Vec<u8>) -> Result<Option<KeyRecord>, StoreError> {
+        // The hot path: a cached key is answered here, without a thread hop.
+        if let Some(found) = self.db.cached(&hash) {
+            return Ok(Some(found));
+        }
+        let db = self.db.clone();
+        blocking(move || db.find_by_hash(&hash)).await
     }
-    fn list(&mut self, tenant: String) -> Result<Vec<KeyRecord>, StoreError> {
-        self.db.list(&tenant)
+    async fn list(&mut self, tenant: String) -> Result<Vec<KeyRecord>, StoreError> {
+        let db = self.db.clone();
+        blocking(move || db.list(&tenant)).await
     }
-    fn deactivate(
+    async fn deactivate(
         &mut self,
         tenant: String,
         id: String,
         at: u64,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.db.deactivate(&tenant, &id, at)
+        let db = self.db.clone();
+        blocking(move || db.deactivate(&tenant, &id, at)).await
     }
-    fn remove(&mut self, tenant: String, id: String) -> Result<bool, StoreError> {
-        self.db.remove(&tenant, &id)
+    async fn remove(&mut self, tenant: String, id: String) -> Result<bool, StoreError> {
+        let db = self.db.clone();
+        blocking(move || db.remove(&tenant, &id)).await
     }
-    fn record_use(&mut self, id: String, at: u64) -> Result<(), StoreError> {
+    async fn record_use(&mut self, id: String, at: u64) -> Result<(), StoreError> {
+        // Only noted in memory; written in batches off the request path.
         self.db.record_use(&id, at)
     }
 }
@@ -156,6 +220,8 @@ pub struct Runtime {
     hooks: ProxyHooks,
     /// Instances that finished a request and wait for the next.
     warm: Mutex<Vec<HttpInstance>>,
+    /// Instances serving HTTP, idle ones included, may not exceed these permits.
+    http_slots: Arc<Semaphore>,
 }
 
 impl Runtime {
@@ -167,6 +233,8 @@ impl Runtime {
     /// The same for another build of a component of the `service` world.
     pub fn from_component(wasm: &[u8], db: Arc<Db>, settings: &Settings) -> Result<Runtime> {
         let mut config = Config::new();
+        // A guest call that runs away traps at its deadline (GUEST_CALL_DEADLINE).
+        config.epoch_interruption(true);
         match CacheConfig::from_file(None).and_then(Cache::new) {
             Ok(cache) => {
                 config.cache(Some(cache));
@@ -215,6 +283,13 @@ impl Runtime {
         if let Some(timeout) = settings.upstream_timeout {
             vars.insert("upstream-timeout-ms", timeout.as_millis().to_string());
         }
+        if let Some(lifetime) = settings.jwt_max_lifetime {
+            vars.insert("jwt-max-lifetime-secs", lifetime.as_secs().to_string());
+        }
+        if let Some(max) = settings.max_keys_per_tenant {
+            vars.insert("max-keys-per-tenant", max.to_string());
+        }
+        tick_epochs(&engine)?;
         Ok(Runtime {
             proxy: ProxyIndices::new(&pre)?,
             typed: TypedIndices::new(&pre)?,
@@ -225,12 +300,13 @@ impl Runtime {
             config: Arc::new(vars),
             hooks: ProxyHooks::default(),
             warm: Mutex::new(Vec::new()),
+            http_slots: Arc::new(Semaphore::new((MAX_INSTANCES - TYPED_RESERVE) as usize)),
         })
     }
 
     /// A fresh store for one request or call; `caller` receives the request log's attribution.
     pub(crate) fn new_store(&self, caller: Arc<Mutex<Caller>>) -> Store<Ctx> {
-        Store::new(
+        let mut store = Store::new(
             &self.engine,
             Ctx {
                 table: ResourceTable::new(),
@@ -240,30 +316,40 @@ impl Runtime {
                 db: self.db.clone(),
                 config: self.config.clone(),
                 caller,
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(MAX_MEMORY_BYTES)
+                    .build(),
             },
-        )
+        );
+        store.limiter(|ctx| &mut ctx.limits);
+        arm_deadline(&mut store);
+        store
     }
 
     /// An instance ready to handle an HTTP request: a warm one that served
     /// earlier requests, or a new one.
+    /// Waits at most [`INSTANCE_WAIT`] for room in the pool, then fails with
+    /// [`Overloaded`]. The instance's guest calls share one deadline.
     pub(crate) async fn http_instance(&self, caller: Arc<Mutex<Caller>>) -> Result<HttpInstance> {
         let warm = self.warm.lock().ok().and_then(|mut idle| idle.pop());
-        match warm {
-            Some(mut instance) => {
-                instance.store.data_mut().caller = caller;
-                Ok(instance)
-            }
-            None => {
-                let mut store = self.new_store(caller);
-                let instance = self.pre.instantiate_async(&mut store).await?;
-                Ok(HttpInstance {
-                    proxy: self.proxy.load(&mut store, &instance)?,
-                    typed: self.typed.load(&mut store, &instance)?,
-                    store,
-                    served: 0,
-                })
-            }
+        if let Some(mut instance) = warm {
+            instance.store.data_mut().caller = caller;
+            arm_deadline(&mut instance.store);
+            return Ok(instance);
         }
+        let slot = tokio::time::timeout(INSTANCE_WAIT, self.http_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| Overloaded)?
+            .map_err(|_| Overloaded)?;
+        let mut store = self.new_store(caller);
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        Ok(HttpInstance {
+            proxy: self.proxy.load(&mut store, &instance)?,
+            typed: self.typed.load(&mut store, &instance)?,
+            store,
+            served: 0,
+            _slot: slot,
+        })
     }
 
     /// Keeps an instance that handled a request to completion for the next one.
@@ -271,6 +357,11 @@ impl Runtime {
     pub(crate) fn give_back(&self, mut instance: HttpInstance) {
         instance.served += 1;
         if instance.served >= MAX_REQUESTS_PER_INSTANCE {
+            return;
+        }
+        // A request waits for room: free this instance's slot for it
+        // rather than keep the instance idle.
+        if self.http_slots.available_permits() == 0 {
             return;
         }
         if let Ok(mut idle) = self.warm.lock()
@@ -313,4 +404,26 @@ impl Runtime {
     pub(crate) fn upstream(&self) -> Arc<crate::upstream_pool::UpstreamPool> {
         self.hooks.pool.clone()
     }
+}
+
+/// Gives the store's next guest calls [`GUEST_CALL_DEADLINE`] from now.
+pub(crate) fn arm_deadline(store: &mut Store<Ctx>) {
+    let ticks = GUEST_CALL_DEADLINE.as_millis() / EPOCH_TICK.as_millis().max(1);
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while the engine lives.
+fn tick_epochs(engine: &Engine) -> Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sigma-keys-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("cannot start the epoch thread")?;
+    Ok(())
 }

@@ -52,6 +52,18 @@ fn resolve_from(env: Option<std::ffi::OsString>, db: &Path) -> Result<(String, S
     let path = file_for(db);
     match fs::read_to_string(&path) {
         Ok(text) => {
+            let mode = fs::metadata(&path)
+                .with_context(|| format!("cannot read the secret file {}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "the secret file {} is readable by others (mode {:o}); run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                );
+            }
             let value = text.trim().to_owned();
             if value.len() < MIN_LEN {
                 bail!(
@@ -130,6 +142,20 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let (second, source) = resolve_from(None, &db).unwrap();
         assert_eq!((second, source), (first, Source::File(file_for(&db))));
+    }
+
+    #[test]
+    fn a_secret_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("keys.db");
+        resolve_from(None, &db).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            fs::set_permissions(file_for(&db), fs::Permissions::from_mode(mode)).unwrap();
+            let e = resolve_from(None, &db).unwrap_err().to_string();
+            assert!(e.contains(&file_for(&db).display().to_string()), "{e}");
+        }
+        fs::set_permissions(file_for(&db), fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(resolve_from(None, &db).is_ok());
     }
 
     #[test]

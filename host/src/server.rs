@@ -10,6 +10,12 @@
 //! finished an earlier request, or a new one). An instance that traps or
 //! panics is dropped, so the failure is a 500 for that request alone, never
 //! the server's.
+//!
+//! Work per client is bounded: connections beyond `max_connections` wait in
+//! the accept backlog; a request's headers and body must arrive within
+//! `request_timeout`; a management body is read (up to the component's
+//! limit) before the request takes an instance; a request that finds no
+//! instance free within a second is answered 503 `overloaded`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +35,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -38,7 +45,7 @@ use crate::bindings::exports::sigma::api_keys::gateway::{
     Decision, Forward, Reply, RequestHead, Scheme as UpstreamScheme, UpstreamFailure,
 };
 use crate::hop_by_hop::strip_connection_nominated;
-use crate::runtime::{Caller, HttpInstance, Runtime};
+use crate::runtime::{Caller, HttpInstance, Overloaded, Runtime};
 
 /// Connection limits.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +55,11 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// A keep-alive connection with no request in flight closes after this.
     pub idle_timeout: Duration,
+    /// A request's headers and body must all arrive within this time of its
+    /// first byte, or the connection is closed.
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait in the accept backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +67,8 @@ impl Default for Limits {
         Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 4096,
         }
     }
 }
@@ -67,8 +81,18 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let local = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        // Take a slot before accepting: past the cap, new connections wait
+        // in the kernel's backlog instead of costing memory and tasks here.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return Ok(()),
+            },
+            () = &mut shutdown => return Ok(()),
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -82,7 +106,11 @@ pub async fn serve(
             () = &mut shutdown => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(runtime.clone(), stream, peer, local, limits));
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            connection(runtime, stream, peer, local, limits).await;
+            drop(slot);
+        });
     }
 }
 
@@ -93,6 +121,9 @@ struct Activity {
     in_flight: AtomicUsize,
     /// When the current request's first byte arrived; `NONE` between requests.
     head_since_ms: AtomicU64,
+    /// When the request in flight started, while its body is still arriving;
+    /// `NONE` once the whole request is in.
+    receiving_since_ms: AtomicU64,
 }
 
 const NONE: u64 = u64::MAX;
@@ -117,10 +148,19 @@ enum Close {
 async fn watchdog(activity: Arc<Activity>, limits: Limits) -> Close {
     let header_ms = u64::try_from(limits.header_timeout.as_millis()).unwrap_or(NONE - 1);
     let idle_ms = u64::try_from(limits.idle_timeout.as_millis()).unwrap_or(NONE - 1);
+    let request_ms = u64::try_from(limits.request_timeout.as_millis()).unwrap_or(NONE - 1);
     loop {
         let now = activity.now_ms();
         let head_since = activity.head_since_ms.load(Ordering::Relaxed);
-        let deadline = if head_since != NONE {
+        let receiving_since = activity.receiving_since_ms.load(Ordering::Relaxed);
+        let deadline = if receiving_since != NONE {
+            // Headers are in; the body must follow within the request timeout.
+            let d = receiving_since.saturating_add(request_ms);
+            if now >= d {
+                return Close::Abort;
+            }
+            d
+        } else if head_since != NONE {
             let d = head_since.saturating_add(header_ms);
             if now >= d {
                 return Close::Abort;
@@ -154,19 +194,40 @@ async fn connection(
         last_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         head_since_ms: AtomicU64::new(0),
+        receiving_since_ms: AtomicU64::new(NONE),
     });
     let io = TokioIo::new(WatchedIo {
         inner: stream,
         activity: activity.clone(),
     });
     let service_activity = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let runtime = runtime.clone();
         let activity = service_activity.clone();
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.head_since_ms.store(NONE, Ordering::Relaxed);
+        let started = activity.head_since_ms.swap(NONE, Ordering::Relaxed);
+        let req = if req.body().is_end_stream() {
+            req.map(|body| body.map_err(HttpError::from).boxed_unsync())
+        } else {
+            let started = if started == NONE {
+                activity.now_ms()
+            } else {
+                started
+            };
+            activity
+                .receiving_since_ms
+                .store(started, Ordering::Relaxed);
+            let tracker = activity.clone();
+            req.map(|body| {
+                Receiving {
+                    inner: body,
+                    activity: tracker,
+                }
+                .boxed_unsync()
+            })
+        };
         async move {
-            let response = handle(&runtime, req, local).await;
+            let response = handle(&runtime, req, peer, local).await;
             Ok::<_, Infallible>(response.map(|body| {
                 InFlight {
                     inner: body,
@@ -204,6 +265,53 @@ async fn connection(
         }
     }
 }
+
+/// A request body still arriving; the request timeout runs until it ends.
+struct Receiving {
+    inner: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl Receiving {
+    fn done(&self) {
+        self.activity
+            .receiving_since_ms
+            .store(NONE, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        // Unread or cut short: hyper will not wait for the rest beyond the
+        // timeouts that guard idle connections.
+        self.done();
+    }
+}
+
+impl Body for Receiving {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream() {
+            self.done();
+        }
+        frame.map_err(HttpError::from)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body as the server passes it on.
+type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, HttpError>;
 
 /// Counts a request as in flight until hyper has sent its whole response body.
 struct InFlight {
@@ -287,7 +395,8 @@ impl AsyncWrite for WatchedIo {
 /// One request: run the component, log one line, never fail the connection.
 async fn handle(
     runtime: &Arc<Runtime>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
+    peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<HyperOutgoingBody> {
     let started = Instant::now();
@@ -302,11 +411,15 @@ async fn handle(
     }
     strip_connection_nominated(req.headers_mut());
     let caller = Arc::new(Mutex::new(Caller::default()));
-    let response = match respond(runtime, req, caller.clone()).await {
+    let response = match respond(runtime, req, peer, caller.clone()).await {
         Ok(response) => response,
+        Err(e) if e.is::<Overloaded>() => {
+            tracing::warn!(%method, path, "{e}");
+            host_error(HostError::Overloaded)
+        }
         Err(e) => {
             tracing::error!(%method, path, "request failed in the component: {e:#}");
-            internal_error()
+            host_error(HostError::Internal)
         }
     };
     let caller = caller.lock().map(|c| c.clone()).unwrap_or_default();
@@ -325,11 +438,12 @@ async fn handle(
 /// Asks the component what to do with the request, and does it.
 async fn respond(
     runtime: &Arc<Runtime>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
+    peer: SocketAddr,
     caller: Arc<Mutex<Caller>>,
 ) -> Result<Response<HyperOutgoingBody>> {
     let mut instance = runtime.http_instance(caller.clone()).await?;
-    let head = request_head(&req);
+    let head = request_head(&req, peer);
     let decision = {
         let HttpInstance { store, typed, .. } = &mut instance;
         typed
@@ -348,7 +462,7 @@ async fn respond(
                 Some((uri, headers)) => {
                     runtime.give_back(instance);
                     let (parts, body) = req.into_parts();
-                    let mut upstream = Request::new(body.map_err(HttpError::from).boxed_unsync());
+                    let mut upstream = Request::new(body);
                     *upstream.method_mut() = parts.method;
                     *upstream.uri_mut() = uri;
                     *upstream.headers_mut() = headers;
@@ -358,11 +472,50 @@ async fn respond(
                 None => run_component(runtime, instance, req).await,
             }
         }
-        Decision::Handle => run_component(runtime, instance, req).await,
+        Decision::Handle(body_limit) => {
+            // The instance waits for no client: the body (no more of it than
+            // the component would read) arrives first.
+            runtime.give_back(instance);
+            let req = read_body(req, body_limit as usize).await?;
+            let instance = runtime.http_instance(caller).await?;
+            run_component(runtime, instance, req).await
+        }
     }
 }
 
-fn request_head(req: &Request<Incoming>) -> RequestHead {
+/// The request with its body read into memory, up to `limit` bytes and one
+/// more (so the component sees that it is too large). `Content-Length` then
+/// states what was read.
+async fn read_body(req: Request<RequestBody>, limit: usize) -> Result<Request<RequestBody>> {
+    let (mut parts, mut body) = req.into_parts();
+    let mut bytes = bytes::BytesMut::new();
+    let mut complete = true;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            bytes.extend_from_slice(&data);
+            if bytes.len() > limit {
+                bytes.truncate(limit + 1);
+                complete = false;
+                break;
+            }
+        }
+    }
+    parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+    if complete {
+        parts.headers.insert(
+            hyper::header::CONTENT_LENGTH,
+            HeaderValue::from(bytes.len()),
+        );
+    } else {
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    }
+    let body = Full::new(bytes.freeze())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    Ok(Request::from_parts(parts, body))
+}
+
+fn request_head(req: &Request<RequestBody>, peer: SocketAddr) -> RequestHead {
     RequestHead {
         method: req.method().as_str().to_owned(),
         path_with_query: req
@@ -374,6 +527,8 @@ fn request_head(req: &Request<Incoming>) -> RequestHead {
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect(),
+        peer: Some(peer.ip().to_canonical().to_string()),
+        tls: false,
     }
 }
 
@@ -420,7 +575,7 @@ fn upstream_target(plan: &Forward) -> Option<(hyper::Uri, HeaderMap)> {
 /// Sends the request upstream and streams the answer back.
 async fn forward(
     runtime: &Arc<Runtime>,
-    upstream: Request<HyperOutgoingBody>,
+    upstream: Request<RequestBody>,
     plan: &Forward,
     hop_by_hop: &[HeaderName],
     caller: Arc<Mutex<Caller>>,
@@ -473,7 +628,7 @@ async fn forward(
 async fn run_component(
     runtime: &Arc<Runtime>,
     mut instance: HttpInstance,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<HyperOutgoingBody>> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = instance
@@ -515,21 +670,49 @@ async fn run_component(
     }
 }
 
-/// The 500 body, same shape as the component's errors.
-fn internal_error() -> Response<HyperOutgoingBody> {
-    let body = serde_json::json!({"error": {
-        "code": "internal",
-        "message": "An internal error occurred; the details are in the server log. Retry later.",
-    }});
+/// Failures the host answers itself, when no component instance can.
+#[derive(Clone, Copy)]
+enum HostError {
+    /// 500: the component failed (a trap, a panic); details in the log.
+    Internal,
+    /// 503: no component instance came free in time.
+    Overloaded,
+}
+
+/// The one mapping of host failures to HTTP, in the component's error shape.
+fn host_error(e: HostError) -> Response<HyperOutgoingBody> {
+    let (status, code, message, retry_after) = match e {
+        HostError::Internal => (
+            hyper::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "An internal error occurred; the details are in the server log. Retry later.",
+            None,
+        ),
+        HostError::Overloaded => (
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "The server is busy with other requests. Retry shortly.",
+            Some(1),
+        ),
+    };
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
     let mut response = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never: Infallible| match never {})
             .boxed_unsync(),
     );
-    *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
-    response.headers_mut().insert(
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
         hyper::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    if let Some(seconds) = retry_after {
+        headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response
 }

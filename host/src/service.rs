@@ -11,7 +11,7 @@ use crate::bindings::exports::sigma::api_keys::keys::{
     CreatedKey, Error as KeyError, KeyRecord, Permission,
 };
 use crate::db::Db;
-use crate::runtime::{Ctx, Runtime, Settings};
+use crate::runtime::{Ctx, Runtime, Settings, arm_deadline};
 
 /// The sigma-keys component over a SQLite database.
 ///
@@ -143,6 +143,7 @@ impl Session {
         raw_key: &str,
         permission: Permission,
     ) -> Result<Result<Verified, KeyError>> {
+        arm_deadline(&mut self.store);
         Ok(self
             .api
             .sigma_api_keys_auth()
@@ -157,6 +158,7 @@ impl Session {
         method: &str,
         path: &str,
     ) -> Result<Result<Permission, KeyError>> {
+        arm_deadline(&mut self.store);
         Ok(self
             .api
             .sigma_api_keys_auth()
@@ -171,6 +173,7 @@ impl Session {
         method: &str,
         path: &str,
     ) -> Result<Result<Verified, KeyError>> {
+        arm_deadline(&mut self.store);
         Ok(self
             .api
             .sigma_api_keys_auth()

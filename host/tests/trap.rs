@@ -1,5 +1,6 @@
-//! A panic in the guest fails that request alone: the client gets a 500 with
-//! the usual error body, and the server goes on serving.
+//! A panic, a runaway loop or runaway memory in the guest fails that request
+//! alone: the client gets a 500 with the usual error body, and the server
+//! goes on serving.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -52,6 +53,31 @@ async fn a_guest_panic_is_a_500_for_that_request_only() {
             fine.starts_with("HTTP/1.1 200") && fine.contains("\r\nok\r\n"),
             "{fine}"
         );
+    }
+
+    // A guest call that runs away is stopped at its deadline; one that grows
+    // its memory without end is stopped at the memory limit. Each is a 500.
+    for (path, within) in [
+        (
+            "/api/v1/records/spin-decide",
+            sigma_keys::runtime::GUEST_CALL_DEADLINE * 2,
+        ),
+        (
+            "/api/v1/records/grow-decide",
+            std::time::Duration::from_secs(5),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let failed = get(addr, path).await;
+        assert!(failed.starts_with("HTTP/1.1 500"), "{path}: {failed}");
+        assert!(failed.contains(r#""code":"internal""#), "{failed}");
+        assert!(
+            started.elapsed() < within,
+            "{path} took {:?}",
+            started.elapsed()
+        );
+        let fine = get(addr, "/api/v1/records/fine").await;
+        assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
     }
 
     // A typed call that traps is an error for the caller, not a crash.

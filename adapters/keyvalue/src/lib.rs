@@ -20,7 +20,9 @@
 //!
 //! Timestamps are milliseconds since the Unix epoch; empty means never.
 //! Verifying a key costs one `get`; listing a tenant scans the
-//! `sigma-keys/key/` entries.
+//! `sigma-keys/key/` entries, and so does creating one (to count the
+//! tenant's keys against its limit). `wasi:keyvalue` has no transactions,
+//! so two creates racing at the limit may both succeed.
 
 /// Where records live, by key hash.
 pub const KEY_PREFIX: &str = "sigma-keys/key/";
@@ -201,7 +203,10 @@ mod component {
     }
 
     impl Guest for Adapter {
-        fn insert(key: KeyRecord, hash: Vec<u8>) -> Result<(), StoreError> {
+        fn insert(key: KeyRecord, hash: Vec<u8>, tenant_limit: u32) -> Result<(), StoreError> {
+            if Self::list(key.tenant.clone())?.len() >= tenant_limit as usize {
+                return Err(StoreError::LimitReached);
+            }
             let b = bucket()?;
             let entry = key_entry(&hash);
             let index = id_entry(&key.id);

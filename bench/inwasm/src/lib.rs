@@ -20,7 +20,7 @@ export!(Probe);
 impl Guest for Probe {
     fn run(calls: u32) -> u32 {
         let store = MemoryStore::default();
-        let Ok((_, raw)) = keys::create(&store, "acme", "bench", &[Permission::Read]) else {
+        let Ok((_, raw)) = keys::create(&store, "acme", "bench", &[Permission::Read], 1) else {
             return 0;
         };
         let mut ok = 0;

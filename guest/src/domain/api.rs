@@ -5,6 +5,11 @@
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ErrorCode};
+use super::framing;
+use super::headers::{
+    API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, end_to_end_headers, is_owned,
+    is_plain_authority,
+};
 use super::jwt::{self, Principal};
 use super::keys::{self, KeyStore, Verified};
 use super::permission::Permission;
@@ -13,33 +18,13 @@ use super::upstream::Upstream;
 
 /// Largest management request body, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// The header that carries a raw key.
-pub const API_KEY_HEADER: &str = "x-sigma-apikey";
-/// Identity headers we set for the upstream; never trusted from clients.
-pub const IDENTITY_HEADERS: [&str; 4] = [
-    "x-sigma-tenant",
-    "x-sigma-key-id",
-    "x-sigma-permission",
-    "x-sigma-subject",
-];
-/// Hop-by-hop headers (RFC 9110 7.6.1 plus common legacy ones) and `host`,
-/// which a proxy must not pass on.
-pub const HOP_BY_HOP: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-    "host",
-];
-
 /// How long to wait for the upstream to connect, answer, or send more body.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+
+/// How far ahead a Bearer token's `exp` may be, unless configured otherwise.
+pub const DEFAULT_JWT_MAX_LIFETIME_SECS: u64 = 24 * 60 * 60;
+/// Keys one tenant may have at once, unless configured otherwise.
+pub const DEFAULT_MAX_KEYS_PER_TENANT: u32 = 10_000;
 
 /// Header names are lower-case; values are raw bytes.
 pub type Headers = Vec<(String, Vec<u8>)>;
@@ -50,6 +35,10 @@ pub struct Settings {
     pub jwt_secret: Option<Vec<u8>>,
     pub upstream: Option<Upstream>,
     pub upstream_timeout_ms: u64,
+    /// Bearer tokens whose `exp` is further ahead than this are refused.
+    pub jwt_max_lifetime_secs: u64,
+    /// Creating a key beyond this many for one tenant is refused.
+    pub max_keys_per_tenant: u32,
 }
 
 impl Default for Settings {
@@ -58,6 +47,8 @@ impl Default for Settings {
             jwt_secret: None,
             upstream: None,
             upstream_timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
+            jwt_max_lifetime_secs: DEFAULT_JWT_MAX_LIFETIME_SECS,
+            max_keys_per_tenant: DEFAULT_MAX_KEYS_PER_TENANT,
         }
     }
 }
@@ -68,6 +59,10 @@ pub struct RequestHead<'a> {
     /// Path and query as the client sent them.
     pub path_with_query: &'a str,
     pub headers: &'a [(String, Vec<u8>)],
+    /// The client's IP address, when the host knows it.
+    pub peer: Option<&'a str>,
+    /// Whether the client reached us over TLS.
+    pub tls: bool,
 }
 
 impl RequestHead<'_> {
@@ -256,6 +251,9 @@ pub fn decide(
     head: &RequestHead<'_>,
     caller: &mut Caller,
 ) -> Decision {
+    if let Err(e) = check_request(head) {
+        return Decision::Reply(error_reply(&e));
+    }
     if management_route(head.path()).is_some() {
         return Decision::Handle;
     }
@@ -273,11 +271,25 @@ fn route(
     body: &mut dyn BodySource,
     caller: &mut Caller,
 ) -> Result<Outcome, ApiError> {
+    check_request(head)?;
     let path = head.path();
     if let Some(endpoint) = management_route(path) {
         return management(store, settings, head, endpoint, body, caller).map(Outcome::Reply);
     }
     resource(store, settings, head, caller)
+}
+
+/// What every request must satisfy before anything else is looked at, and
+/// before any credential costs a lookup: unambiguous body framing, and no
+/// method override in the query.
+fn check_request(head: &RequestHead<'_>) -> Result<(), ApiError> {
+    framing::check(head.method, head.headers)?;
+    if routes::overrides_method(head.path_with_query) {
+        return Err(ApiError::invalid_request(
+            "the query must not carry a method override (_method); send the real method",
+        ));
+    }
+    Ok(())
 }
 
 /// The credential a request carries.
@@ -327,7 +339,7 @@ fn bearer(settings: &Settings, token: &str) -> Result<Principal, ApiError> {
             "This server has no JWT secret configured, so it accepts no Bearer token.",
         ));
     };
-    jwt::verify(token, secret)
+    jwt::verify(token, secret, settings.jwt_max_lifetime_secs)
 }
 
 fn management(
@@ -375,7 +387,13 @@ fn management(
         (Management::Collection, "POST") => {
             let request = read_json(head, body)?;
             let (name, permissions) = parse_create(&request)?;
-            let (record, raw) = keys::create(store, tenant, &name, &permissions)?;
+            let (record, raw) = keys::create(
+                store,
+                tenant,
+                &name,
+                &permissions,
+                settings.max_keys_per_tenant,
+            )?;
             caller.key_id = Some(record.id.clone());
             Ok(reply(201, record.to_created_json(&raw)))
         }
@@ -534,7 +552,8 @@ fn verify_endpoint(
             note_key(caller, &verified);
             Ok(reply(200, verified.to_json()))
         }
-        Err(e) if e.code == ErrorCode::Internal => Err(e),
+        // The server's own failures are errors, not answers about the key.
+        Err(e) if matches!(e.code, ErrorCode::Internal | ErrorCode::StoreUnavailable) => Err(e),
         Err(e) => Ok(reply(200, json!({"valid": false, "code": e.code.name()}))),
     }
 }
@@ -588,41 +607,30 @@ fn resource(
         ));
     };
     let mut headers = end_to_end_headers(head.headers);
-    headers.retain(|(name, _)| {
-        name != API_KEY_HEADER
-            && !IDENTITY_HEADERS.contains(&name.as_str())
-            && (keep_authorization || name != "authorization")
-    });
+    // The gateway owns identity, forwarding and method-override headers; a
+    // Bearer request keeps its Authorization, an API key is never passed on.
+    headers.retain(|(name, _)| !is_owned(name) && (keep_authorization || name != "authorization"));
     headers.extend(
         identity
             .into_iter()
             .map(|(n, v)| (n.to_owned(), v.into_bytes())),
     );
+    if let Some(peer) = head.peer {
+        headers.push((FORWARDED_FOR.to_owned(), peer.as_bytes().to_vec()));
+    }
+    let proto: &[u8] = if head.tls { b"https" } else { b"http" };
+    headers.push((FORWARDED_PROTO.to_owned(), proto.to_vec()));
+    let hosts: Vec<&[u8]> = head.values("host").collect();
+    if let [host] = hosts.as_slice()
+        && is_plain_authority(host)
+    {
+        headers.push((FORWARDED_HOST.to_owned(), host.to_vec()));
+    }
     Ok(Outcome::Forward(Forward {
         path_with_query: upstream.path_for(head.path_with_query),
         upstream,
         headers,
     }))
-}
-
-/// Drops hop-by-hop headers, including any the `Connection` header names.
-/// Names come back lower-case.
-pub fn end_to_end_headers(headers: &[(String, Vec<u8>)]) -> Headers {
-    let named: Vec<String> = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    headers
-        .iter()
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
-        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(n))
-        .collect()
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     InvalidJson,
     InvalidRequest,
     PayloadTooLarge,
+    KeyLimitReached,
+    StoreUnavailable,
     NoUpstream,
     UpstreamUnavailable,
     UpstreamTimeout,
@@ -47,6 +49,8 @@ const TABLE: &[(ErrorCode, &str, u16)] = &[
     (ErrorCode::InvalidJson, "invalid_json", 400),
     (ErrorCode::InvalidRequest, "invalid_request", 400),
     (ErrorCode::PayloadTooLarge, "payload_too_large", 413),
+    (ErrorCode::KeyLimitReached, "key_limit_reached", 409),
+    (ErrorCode::StoreUnavailable, "store_unavailable", 503),
     (ErrorCode::NoUpstream, "no_upstream", 502),
     (ErrorCode::UpstreamUnavailable, "upstream_unavailable", 502),
     (ErrorCode::UpstreamTimeout, "upstream_timeout", 504),
@@ -125,7 +129,7 @@ mod tests {
             assert_eq!(code.name(), *name);
             assert_eq!(code.status(), *status);
         }
-        assert_eq!(TABLE.len(), 17);
+        assert_eq!(TABLE.len(), 19);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde_json::Value;
 
 use super::error::{ApiError, ErrorCode};
+use super::keys::{TENANT_MAX_CHARS, is_valid_tenant};
 
 /// Leeway on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 60;
@@ -17,8 +18,10 @@ pub struct Principal {
     pub subject: Option<String>,
 }
 
-/// Verifies an HS256 token with `secret`, whatever algorithm its header names.
-pub fn verify(token: &str, secret: &[u8]) -> Result<Principal, ApiError> {
+/// Verifies an HS256 token with `secret`, whatever algorithm its header names;
+/// a token whose `exp` is more than `max_lifetime_secs` ahead is refused, so
+/// a leaked token cannot be good for centuries.
+pub fn verify(token: &str, secret: &[u8], max_lifetime_secs: u64) -> Result<Principal, ApiError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = LEEWAY_SECS;
     validation.validate_exp = true;
@@ -28,9 +31,27 @@ pub fn verify(token: &str, secret: &[u8]) -> Result<Principal, ApiError> {
     let data = decode::<Value>(token, &DecodingKey::from_secret(secret), &validation)
         .map_err(|e| invalid(describe(e.kind())))?;
     let claims = data.claims;
+    let now = super::time::now_millis() / 1000;
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .unwrap_or(f64::MAX);
+    if exp
+        > (now
+            .saturating_add(max_lifetime_secs)
+            .saturating_add(LEEWAY_SECS)) as f64
+    {
+        return Err(invalid(&format!(
+            "it expires more than {max_lifetime_secs} seconds from now; ask for a shorter-lived token"
+        )));
+    }
     let tenant = match claims.get("tenant") {
-        Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
-        Some(_) => return Err(invalid("the tenant claim must be a non-empty string")),
+        Some(Value::String(t)) if is_valid_tenant(t) => t.clone(),
+        Some(_) => {
+            return Err(invalid(&format!(
+                "the tenant claim must be 1 to {TENANT_MAX_CHARS} characters of A-Z a-z 0-9 . _ : -"
+            )));
+        }
         None => return Err(invalid("the token has no tenant claim")),
     };
     let subject = match claims.get("sub") {
@@ -68,6 +89,8 @@ mod tests {
     use serde_json::json;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    /// The default `max_lifetime_secs`.
+    const DAY: u64 = 24 * 60 * 60;
 
     fn now() -> u64 {
         crate::domain::time::now_millis() / 1000
@@ -78,7 +101,7 @@ mod tests {
     }
 
     fn code_of(token: &str) -> Result<Principal, ErrorCode> {
-        verify(token, SECRET).map_err(|e| e.code)
+        verify(token, SECRET, DAY).map_err(|e| e.code)
     }
 
     #[test]
@@ -88,7 +111,7 @@ mod tests {
             &json!({"tenant": "acme", "sub": "ops", "exp": now() + 60}),
         );
         assert_eq!(
-            verify(&t, SECRET),
+            verify(&t, SECRET, DAY),
             Ok(Principal {
                 tenant: "acme".into(),
                 subject: Some("ops".into())
@@ -98,7 +121,7 @@ mod tests {
             Algorithm::HS256,
             &json!({"tenant": "acme", "exp": now() + 60}),
         );
-        assert_eq!(verify(&t, SECRET).unwrap().subject, None);
+        assert_eq!(verify(&t, SECRET, DAY).unwrap().subject, None);
     }
 
     #[test]
@@ -148,7 +171,7 @@ mod tests {
         let claims = json!({"tenant": "acme", "exp": now() + 60});
         let t = sign(Algorithm::HS256, &claims);
         assert_eq!(
-            verify(&t, b"another secret another secret 123").map_err(|e| e.code),
+            verify(&t, b"another secret another secret 123", DAY).map_err(|e| e.code),
             Err(ErrorCode::InvalidToken)
         );
         let expired = sign(
@@ -169,6 +192,29 @@ mod tests {
     }
 
     #[test]
+    fn a_far_expiry_is_refused() {
+        let at = |secs: u64| sign(Algorithm::HS256, &json!({"tenant": "acme", "exp": secs}));
+        assert!(code_of(&at(now() + DAY)).is_ok());
+        assert_eq!(
+            code_of(&at(now() + DAY + LEEWAY_SECS + 5)),
+            Err(ErrorCode::InvalidToken)
+        );
+        assert_eq!(
+            code_of(&at(now() + 300 * 365 * DAY)),
+            Err(ErrorCode::InvalidToken)
+        );
+        assert_eq!(code_of(&at(u64::MAX / 2)), Err(ErrorCode::InvalidToken));
+        let short = sign(
+            Algorithm::HS256,
+            &json!({"tenant": "acme", "exp": now() + 300}),
+        );
+        assert_eq!(
+            verify(&short, SECRET, 60).map_err(|e| e.code),
+            Err(ErrorCode::InvalidToken)
+        );
+    }
+
+    #[test]
     fn missing_or_bad_claims_are_refused() {
         let exp = now() + 60;
         for claims in [
@@ -178,6 +224,12 @@ mod tests {
             json!({"tenant": 7, "exp": exp}),
             json!({"tenant": "acme", "exp": "tomorrow"}),
             json!({"tenant": "acme", "exp": exp, "sub": 5}),
+            json!({"tenant": " ", "exp": exp}),
+            json!({"tenant": "globex,acme", "exp": exp}),
+            json!({"tenant": "a b", "exp": exp}),
+            json!({"tenant": "x".repeat(129), "exp": exp}),
+            json!({"tenant": "x".repeat(5000), "exp": exp}),
+            json!({"tenant": "acme\n", "exp": exp}),
         ] {
             assert_eq!(
                 code_of(&sign(Algorithm::HS256, &claims)),

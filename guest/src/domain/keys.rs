@@ -15,8 +15,8 @@ pub const ID_PREFIX: &str = "apikey-";
 pub const ID_RANDOM_LEN: usize = 20;
 /// Longest key name, in characters, after trimming.
 pub const NAME_MAX_CHARS: usize = 200;
-/// Longest tenant, in bytes.
-pub const TENANT_MAX_BYTES: usize = 256;
+/// Longest tenant, in characters.
+pub const TENANT_MAX_CHARS: usize = 128;
 /// `lastUsedAt` is written at most this often per key.
 pub const LAST_USED_INTERVAL_MS: Millis = 1000;
 
@@ -73,6 +73,8 @@ impl KeyRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreError {
     Conflict,
+    /// The tenant already has the most keys allowed; nothing was written.
+    LimitReached,
     Unavailable(String),
 }
 
@@ -80,14 +82,25 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Conflict => ApiError::internal("storage conflict"),
-            StoreError::Unavailable(why) => ApiError::internal(format!("storage: {why}")),
+            StoreError::LimitReached => ApiError::new(
+                ErrorCode::KeyLimitReached,
+                "This tenant has the most API keys allowed. Delete keys it no longer needs, then retry.",
+            ),
+            StoreError::Unavailable(why) => {
+                eprintln!("sigma-keys component: store unavailable: {why}");
+                ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "The key store is unavailable right now. Retry shortly.",
+                )
+            }
         }
     }
 }
 
 /// The storage the lifecycle needs; `sigma:api-keys/store` in the component.
 pub trait KeyStore {
-    fn insert(&self, key: &KeyRecord, hash: &KeyHash) -> Result<(), StoreError>;
+    /// Stores a new key unless its tenant already has `tenant_limit` keys.
+    fn insert(&self, key: &KeyRecord, hash: &KeyHash, tenant_limit: u32) -> Result<(), StoreError>;
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
     fn list(&self, tenant: &str) -> Result<Vec<KeyRecord>, StoreError>;
     fn deactivate(
@@ -119,10 +132,20 @@ impl Verified {
     }
 }
 
+/// Whether `tenant` is 1 to [`TENANT_MAX_CHARS`] characters of
+/// `[A-Za-z0-9._:-]`: it reaches upstreams as `X-Sigma-Tenant`, so it must
+/// not hold separators, spaces or anything a header parser could split.
+pub fn is_valid_tenant(tenant: &str) -> bool {
+    (1..=TENANT_MAX_CHARS).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 fn check_tenant(tenant: &str) -> Result<(), ApiError> {
-    if tenant.is_empty() || tenant.len() > TENANT_MAX_BYTES {
+    if !is_valid_tenant(tenant) {
         return Err(ApiError::invalid_request(format!(
-            "tenant must be 1 to {TENANT_MAX_BYTES} bytes"
+            "tenant must be 1 to {TENANT_MAX_CHARS} characters of A-Z a-z 0-9 . _ : -"
         )));
     }
     Ok(())
@@ -137,12 +160,22 @@ pub fn check_name(name: &str) -> Result<String, ApiError> {
             "name must be 1 to {NAME_MAX_CHARS} characters after trimming (got {chars})"
         )));
     }
-    if trimmed.chars().any(char::is_control) {
+    if trimmed.chars().any(is_hidden) {
         return Err(ApiError::invalid_request(
-            "name must not contain control characters",
+            "name must not contain control characters or invisible formatting characters (such as bidi overrides)",
         ));
     }
     Ok(trimmed.to_owned())
+}
+
+/// Control characters (Cc) and format characters (Cf: bidi overrides,
+/// zero-width joiners, ...) make a name display as something it is not.
+fn is_hidden(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control | GeneralCategory::Format
+    )
 }
 
 /// The permissions in canonical order, or an error naming the field.
@@ -190,6 +223,7 @@ pub fn create(
     tenant: &str,
     name: &str,
     permissions: &[Permission],
+    tenant_limit: u32,
 ) -> Result<(KeyRecord, RawKey), ApiError> {
     check_tenant(tenant)?;
     let name = check_name(name)?;
@@ -209,7 +243,7 @@ pub fn create(
             last_used_at: None,
             deactivated_at: None,
         };
-        match store.insert(&record, &raw.hash()) {
+        match store.insert(&record, &raw.hash(), tenant_limit) {
             Ok(()) => return Ok((record, raw)),
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e.into()),
@@ -349,6 +383,78 @@ mod tests {
 
     fn code<T: std::fmt::Debug>(r: Result<T, ApiError>) -> ErrorCode {
         r.unwrap_err().code
+    }
+
+    /// `create` with the default per-tenant limit.
+    fn create(
+        store: &MemoryStore,
+        tenant: &str,
+        name: &str,
+        permissions: &[Permission],
+    ) -> Result<(KeyRecord, RawKey), ApiError> {
+        super::create(store, tenant, name, permissions, 10_000)
+    }
+
+    #[test]
+    fn tenants_are_short_and_plain() {
+        for ok in ["acme", "a", "Acme-1.eu_west:prod", &"t".repeat(128)] {
+            assert!(is_valid_tenant(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "globex,acme",
+            "a;b",
+            "a/b",
+            "\u{e9}",
+            "a\tb",
+            &"t".repeat(129),
+        ] {
+            assert!(!is_valid_tenant(bad), "{bad}");
+            let store = MemoryStore::default();
+            assert_eq!(
+                code(create(&store, bad, "k", &[Read])),
+                ErrorCode::InvalidRequest
+            );
+        }
+    }
+
+    #[test]
+    fn names_with_hidden_characters_are_refused() {
+        let store = MemoryStore::default();
+        for bad in [
+            "a\u{202e}b",  // right-to-left override
+            "a\u{2066}b",  // left-to-right isolate
+            "a\u{200b}b",  // zero-width space
+            "a\u{feff}b",  // byte order mark
+            "a\u{ad}b",    // soft hyphen
+            "a\u{e0041}b", // tag character
+            "a\u{7f}b",
+            "a\u{85}b",
+            "a\tb",
+        ] {
+            assert_eq!(
+                code(create(&store, "acme", bad, &[Read])),
+                ErrorCode::InvalidRequest,
+                "{bad:?}"
+            );
+        }
+        assert!(store.rows.borrow().is_empty());
+        assert!(create(&store, "acme", "Zürich \u{1F511} sync", &[Read]).is_ok());
+    }
+
+    #[test]
+    fn a_tenant_gets_at_most_its_limit_of_keys() {
+        let store = MemoryStore::default();
+        for _ in 0..3 {
+            super::create(&store, "acme", "k", &[Read], 3).unwrap();
+        }
+        assert_eq!(
+            code(super::create(&store, "acme", "k", &[Read], 3)),
+            ErrorCode::KeyLimitReached
+        );
+        assert!(super::create(&store, "globex", "k", &[Read], 3).is_ok());
+        assert_eq!(store.rows.borrow().len(), 4);
     }
 
     #[test]

@@ -15,10 +15,14 @@ pub struct MemoryStore {
 }
 
 impl KeyStore for MemoryStore {
-    fn insert(&self, key: &KeyRecord, hash: &KeyHash) -> Result<(), StoreError> {
+    fn insert(&self, key: &KeyRecord, hash: &KeyHash, tenant_limit: u32) -> Result<(), StoreError> {
         let mut rows = self.rows.borrow_mut();
         if rows.iter().any(|(k, h)| k.id == key.id || h == hash) {
             return Err(StoreError::Conflict);
+        }
+        let owned = rows.iter().filter(|(k, _)| k.tenant == key.tenant).count();
+        if owned >= tenant_limit as usize {
+            return Err(StoreError::LimitReached);
         }
         rows.push((key.clone(), *hash));
         Ok(())

@@ -2,6 +2,8 @@
 
 pub mod api;
 pub mod error;
+pub mod framing;
+pub mod headers;
 pub mod jwt;
 pub mod keys;
 pub mod memory;

@@ -88,7 +88,17 @@ pub fn required_permission(method: &str, path: &str) -> Result<Permission, Route
     Ok(permission_for(action, class))
 }
 
+/// Longest path segment, in bytes.
+pub const MAX_SEGMENT_LEN: usize = 256;
+
 /// The class of the last collection in a resource path.
+///
+/// Paths are checked against an allowlist, so that an upstream that decodes,
+/// normalises or strips parameters from paths can never see another resource
+/// than the one checked: after `/api/v1/`, every segment is 1 to
+/// [`MAX_SEGMENT_LEN`] RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`)
+/// and is neither `.` nor `..`. One trailing slash is ignored. Anything else
+/// (`%`, `;`, `:`, `\`, NUL, non-ASCII, empty segments) names no resource.
 pub fn resource_class(path: &str) -> Result<ResourceClass, RouteError> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let rest = path
@@ -101,7 +111,7 @@ pub fn resource_class(path: &str) -> Result<ResourceClass, RouteError> {
     }
     let mut class = None;
     for (i, segment) in rest.split('/').enumerate() {
-        if !is_safe_segment(segment) {
+        if !is_allowed_segment(segment) {
             return Err(RouteError::UnknownResource);
         }
         if i % 2 == 0 {
@@ -112,19 +122,63 @@ pub fn resource_class(path: &str) -> Result<ResourceClass, RouteError> {
     class.ok_or(RouteError::UnknownResource)
 }
 
-/// A segment must be non-empty and must not let an upstream that decodes or
-/// normalises paths see a different route than we checked: no dot segments
-/// (plain or percent-encoded) and no encoded or backslash separators.
-fn is_safe_segment(segment: &str) -> bool {
-    if segment.is_empty() || segment.contains('\\') {
+/// Whether a byte is an RFC 3986 unreserved character.
+pub const fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// A segment an upstream reads exactly as we do: unreserved characters only,
+/// so nothing in it can be decoded, split off as a parameter or normalised.
+fn is_allowed_segment(segment: &str) -> bool {
+    (1..=MAX_SEGMENT_LEN).contains(&segment.len())
+        && segment.bytes().all(is_unreserved)
+        && segment != "."
+        && segment != ".."
+}
+
+/// Query parameters that many frameworks read as the request's real method.
+pub const METHOD_OVERRIDE_PARAMS: [&str; 1] = ["_method"];
+
+/// Whether the query asks an upstream to treat the request as another method
+/// (`?_method=DELETE`, in any case or percent-encoding of the name).
+pub fn overrides_method(path_with_query: &str) -> bool {
+    let Some((_, query)) = path_with_query.split_once('?') else {
         return false;
+    };
+    query.split(['&', ';']).any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        let name = percent_decode(name).to_ascii_lowercase();
+        METHOD_OVERRIDE_PARAMS.iter().any(|p| name.trim() == *p)
+    })
+}
+
+/// `%XX` decoded (repeatedly, so double encoding is seen through); other bytes as they are.
+fn percent_decode(text: &str) -> String {
+    let mut current = text.as_bytes().to_vec();
+    for _ in 0..4 {
+        let mut out = Vec::with_capacity(current.len());
+        let mut i = 0;
+        while i < current.len() {
+            let hex = |b: u8| char::from(b).to_digit(16);
+            match (current.get(i), current.get(i + 1), current.get(i + 2)) {
+                (Some(b'%'), Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                    let value = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                    out.push(u8::try_from(value).unwrap_or(0));
+                    i += 3;
+                }
+                (Some(&b), _, _) => {
+                    out.push(if b == b'+' { b' ' } else { b });
+                    i += 1;
+                }
+                (None, _, _) => break,
+            }
+        }
+        if out == current {
+            break;
+        }
+        current = out;
     }
-    let lower = segment.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
-        return false;
-    }
-    let decoded_dots = lower.replace("%2e", ".");
-    decoded_dots != "." && decoded_dots != ".."
+    String::from_utf8_lossy(&current).into_owned()
 }
 
 #[cfg(test)]
@@ -205,6 +259,24 @@ mod tests {
             "/api/v1/records/a%2Fb",
             "/api/v1/records/a%5cb",
             "/api/v1/records/a\\b",
+            // Path parameters, encodings and look-alikes an upstream may resolve.
+            "/api/v1/schemas/s1/records/..;",
+            "/api/v1/schemas/s1/records/..;jsessionid=x",
+            "/api/v1/schemas/s1/records/%2e%2e;",
+            "/api/v1/records/r1;x=1",
+            "/api/v1/records/r1%00",
+            "/api/v1/records/r1%3Fx",
+            "/api/v1/records/r1%23x",
+            "/api/v1/records/%252e%252e",
+            "/api/v1/records/a%252fb",
+            "/api/v1/records/%c0%ae%c0%ae",
+            "/api/v1/records/\u{ff0e}\u{ff0e}",
+            "/api/v1/records/r\u{e9}",
+            "/api/v1/records/r1:x",
+            "/api/v1/records/r 1",
+            "/api/v1/records/r\u{0}1",
+            "/api/v1/records/a@b",
+            "/api/v1/records/a+b",
         ] {
             for method in ["GET", "DELETE", "TRACE"] {
                 assert_eq!(
@@ -213,6 +285,55 @@ mod tests {
                     "{method} {path}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn segments_are_bounded_and_unreserved() {
+        let long = "a".repeat(MAX_SEGMENT_LEN);
+        assert_eq!(need("GET", &format!("/api/v1/records/{long}")), Ok(Read));
+        assert_eq!(
+            need("GET", &format!("/api/v1/records/{long}a")),
+            Err(RouteError::UnknownResource)
+        );
+        assert_eq!(need("GET", "/api/v1/records/A-z_0.9~"), Ok(Read));
+        assert_eq!(need("GET", "/api/v1/records/...."), Ok(Read));
+        for b in 0u8..=255 {
+            let path = format!("/api/v1/records/a{}b", char::from(b));
+            let expected = if is_unreserved(b) {
+                Ok(Read)
+            } else if b == b'/' {
+                Err(RouteError::UnknownResource) // "b" is not a collection
+            } else if b == b'?' {
+                Ok(Read) // the query starts there
+            } else {
+                Err(RouteError::UnknownResource)
+            };
+            assert_eq!(need("GET", &path), expected, "byte {b}");
+        }
+    }
+
+    #[test]
+    fn method_overrides_in_the_query_are_seen() {
+        for path in [
+            "/api/v1/records?_method=DELETE",
+            "/api/v1/records?a=1&_method=DELETE",
+            "/api/v1/records?a=1;_METHOD=delete",
+            "/api/v1/records?%5Fmethod=DELETE",
+            "/api/v1/records?%255Fmethod=DELETE",
+            "/api/v1/records?_method",
+            "/api/v1/records?_method+=x",
+        ] {
+            assert!(overrides_method(path), "{path}");
+        }
+        for path in [
+            "/api/v1/records",
+            "/api/v1/records?method=x",
+            "/api/v1/records?x=_method",
+            "/api/v1/records?__method=x",
+            "/api/v1/_method",
+        ] {
+            assert!(!overrides_method(path), "{path}");
         }
     }
 

@@ -1,8 +1,13 @@
 use super::*;
+use crate::domain::headers::{IDENTITY_HEADERS, end_to_end_headers};
+use crate::domain::keys::{KeyRecord, StoreError};
 use crate::domain::memory::MemoryStore;
+use crate::domain::raw_key::KeyHash;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+/// The client address the tests' host reports.
+const PEER: &str = "203.0.113.7";
 
 struct Bytes(Vec<u8>);
 
@@ -56,6 +61,8 @@ impl Call<'_> {
             method,
             path_with_query: path,
             headers: &headers,
+            peer: Some(PEER),
+            tls: false,
         };
         // Every request of these tests also checks that `decide` agrees with `handle`.
         let mut decided_caller = Caller::default();
@@ -548,4 +555,215 @@ fn upstream_failures_are_json_errors_with_their_status() {
     );
     let parsed: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(parsed["error"]["code"], "upstream_unavailable");
+}
+
+/// A store whose every call fails, as a locked or broken database does.
+struct FailingStore;
+
+impl KeyStore for FailingStore {
+    fn insert(&self, _: &KeyRecord, _: &KeyHash, _: u32) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("locked".into()))
+    }
+    fn find_by_hash(&self, _: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        Err(StoreError::Unavailable("locked".into()))
+    }
+    fn list(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        Err(StoreError::Unavailable("locked".into()))
+    }
+    fn deactivate(&self, _: &str, _: &str, _: u64) -> Result<Option<KeyRecord>, StoreError> {
+        Err(StoreError::Unavailable("locked".into()))
+    }
+    fn remove(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("locked".into()))
+    }
+    fn record_use(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("locked".into()))
+    }
+}
+
+#[test]
+fn bodies_on_bodyless_methods_are_refused_before_any_lookup() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    *store.reads.borrow_mut() = 0;
+    for method in ["GET", "HEAD", "DELETE", "OPTIONS"] {
+        for framing in [("content-length", "62"), ("transfer-encoding", "chunked")] {
+            for path in ["/api/v1/records", "/api/v1/api-keys", "/api/v1/api-keys/x"] {
+                let r = call.reply(method, path, &[("x-sigma-apikey", &raw), framing], "");
+                assert_eq!(
+                    (r.status, code(&r)),
+                    (400, "invalid_request"),
+                    "{method} {path} {framing:?}"
+                );
+            }
+        }
+    }
+    let r = call.reply(
+        "POST",
+        "/api/v1/records",
+        &[
+            ("x-sigma-apikey", &raw),
+            ("content-length", "3"),
+            ("transfer-encoding", "chunked"),
+        ],
+        "",
+    );
+    assert_eq!((r.status, code(&r)), (400, "invalid_request"));
+    assert_eq!(
+        *store.reads.borrow(),
+        0,
+        "no refused request reached the store"
+    );
+    // An empty declared body is no body.
+    call.forward(
+        "GET",
+        "/api/v1/records",
+        &[("x-sigma-apikey", &raw), ("content-length", "0")],
+    );
+}
+
+#[test]
+fn method_overrides_in_the_query_are_refused() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    for path in [
+        "/api/v1/records?_method=DELETE",
+        "/api/v1/records/r1?x=1&%5fmethod=DELETE",
+    ] {
+        let r = call.reply("GET", path, &[("x-sigma-apikey", &raw)], "");
+        assert_eq!((r.status, code(&r)), (400, "invalid_request"), "{path}");
+    }
+    let fwd = call.forward(
+        "GET",
+        "/api/v1/records?q=%2e%2e;x&_methodical=1",
+        &[("x-sigma-apikey", &raw)],
+    );
+    assert_eq!(
+        fwd.path_with_query, "/base/api/v1/records?q=%2e%2e;x&_methodical=1",
+        "the query is forwarded byte for byte"
+    );
+}
+
+#[test]
+fn the_gateway_owns_identity_forwarding_and_override_headers() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    let spoofed = [
+        ("X_Sigma_Tenant", "globex"),
+        ("x-sigma-tenant", "globex"),
+        ("X-Sigma-Key-Id", "apikey-forged"),
+        ("X-Sigma-Permission", "delete-model"),
+        ("X-Sigma-Subject", "root"),
+        ("X-Sigma-Anything", "1"),
+        ("Forwarded", "for=1.2.3.4"),
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Prefix", "/admin"),
+        ("X-Real-IP", "1.2.3.4"),
+        ("X-Original-URL", "/api/v1/schemas/s1"),
+        ("X-Rewrite-URL", "/api/v1/schemas/s1"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("Accept_Encoding", "x"),
+        ("host", "pim.example:8080"),
+        ("x-request-id", "r-1"),
+    ];
+    let mut headers = vec![("x-sigma-apikey", raw.as_str())];
+    headers.extend(spoofed);
+    let fwd = call.forward("GET", "/api/v1/records", &headers);
+    let sent: Vec<(String, String)> = fwd
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), String::from_utf8(v.clone()).unwrap()))
+        .collect();
+    let key_id = created.body["id"].as_str().unwrap();
+    let expected: Vec<(String, String)> = [
+        ("x-request-id", "r-1"),
+        ("x-sigma-tenant", "acme"),
+        ("x-sigma-key-id", key_id),
+        ("x-sigma-permission", "read"),
+        ("x-forwarded-for", PEER),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "pim.example:8080"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(sent, expected);
+    assert!(IDENTITY_HEADERS.iter().all(|h| h.starts_with("x-sigma-")));
+}
+
+#[test]
+fn a_failing_store_is_503_store_unavailable_never_an_answer_about_the_key() {
+    let store = FailingStore;
+    let mut s = settings();
+    s.max_keys_per_tenant = 5;
+    let raw = crate::domain::raw_key::RawKey::generate().unwrap();
+    let head_headers = vec![(
+        "x-sigma-apikey".to_string(),
+        raw.expose().as_bytes().to_vec(),
+    )];
+    let head = RequestHead {
+        method: "GET",
+        path_with_query: "/api/v1/records",
+        headers: &head_headers,
+        peer: None,
+        tls: false,
+    };
+    let Decision::Reply(r) = decide(&store, &s, &head, &mut Caller::default()) else {
+        panic!("a failing store forwarded");
+    };
+    assert_eq!((r.status, code(&r)), (503, "store_unavailable"));
+    let body = json!({"key": raw.expose(), "permission": "read"}).to_string();
+    let verify_head = RequestHead {
+        method: "POST",
+        path_with_query: "/api/v1/api-keys/verify",
+        headers: &[],
+        peer: None,
+        tls: false,
+    };
+    let Outcome::Reply(r) = handle(
+        &store,
+        &s,
+        &verify_head,
+        &mut Bytes(body.into_bytes()),
+        &mut Caller::default(),
+    ) else {
+        panic!("verify forwarded");
+    };
+    assert_eq!((r.status, code(&r)), (503, "store_unavailable"));
+}
+
+#[test]
+fn creating_past_the_tenant_limit_is_409() {
+    let store = MemoryStore::default();
+    let mut s = settings();
+    s.max_keys_per_tenant = 2;
+    let call = Call {
+        store: &store,
+        settings: s,
+    };
+    let body = r#"{"name": "k", "permissions": ["read"]}"#;
+    assert_eq!(create(&call, "acme", body).status, 201);
+    assert_eq!(create(&call, "acme", body).status, 201);
+    let r = create(&call, "acme", body);
+    assert_eq!((r.status, code(&r)), (409, "key_limit_reached"));
+    assert_eq!(create(&call, "globex", body).status, 201);
 }

@@ -1,7 +1,8 @@
 //! A stand-in for the sigma-keys component that panics when a request's path
 //! ends in `/panic` (in its `wasi:http` handler) or `/panic-decide` (in
-//! `gateway.decide`) and answers 200 `ok` otherwise. The host must turn the
-//! panic (a trap) into a 500 for that request and keep serving.
+//! `gateway.decide`), runs away in `decide` on `/spin-decide` and grows its
+//! memory without end on `/grow-decide`, and answers 200 `ok` otherwise. The
+//! host must turn each into a 500 for that request and keep serving.
 
 #![allow(clippy::panic, clippy::unwrap_used)]
 #![cfg(target_arch = "wasm32")]
@@ -76,7 +77,21 @@ impl gateway::Guest for Program {
         if head.path_with_query.ends_with("/panic-decide") {
             panic!("this test program panics on purpose");
         }
-        gateway::Decision::Handle
+        if head.path_with_query.ends_with("/spin-decide") {
+            // Runs away on purpose: only the epoch deadline ends it.
+            let mut n = 0u64;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        if head.path_with_query.ends_with("/grow-decide") {
+            // Asks for more memory than any instance may have.
+            let mut chunks = Vec::new();
+            loop {
+                chunks.push(std::hint::black_box(vec![1u8; 16 << 20]));
+            }
+        }
+        gateway::Decision::Handle(64 * 1024)
     }
     fn upstream_failed(_: gateway::UpstreamFailure) -> gateway::Reply {
         panic!("typed call")

@@ -1,0 +1,138 @@
+//! The header names the gateway reads, sets and owns, as data, and the rules
+//! for which client headers may reach the upstream.
+
+/// The header that carries a raw key.
+pub const API_KEY_HEADER: &str = "x-sigma-apikey";
+
+/// Identity headers we set for the upstream; never trusted from clients.
+pub const IDENTITY_HEADERS: [&str; 4] = [
+    "x-sigma-tenant",
+    "x-sigma-key-id",
+    "x-sigma-permission",
+    "x-sigma-subject",
+];
+
+/// Where the request came from, as we set it for the upstream.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+/// The scheme the client used.
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+/// The `Host` the client asked for.
+pub const FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// Hop-by-hop headers (RFC 9110 7.6.1 plus common legacy ones) and `host`,
+/// which a proxy must not pass on.
+pub const HOP_BY_HOP: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "host",
+];
+
+/// Client headers the gateway owns, by exact (lower-case) name: upstreams
+/// believe them about the client, the route or the method, so only the
+/// gateway may set them.
+pub const OWNED_NAMES: [&str; 7] = [
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Client headers the gateway owns, by (lower-case) prefix.
+pub const OWNED_PREFIXES: [&str; 2] = ["x-sigma-", "x-forwarded-"];
+
+/// Whether a client header (lower-case name) is never forwarded because the
+/// gateway owns its meaning. Names with `_` are owned too: CGI, WSGI and
+/// PHP-FPM upstreams read `X_Sigma_Tenant` as `X-Sigma-Tenant`.
+pub fn is_owned(name: &str) -> bool {
+    name.contains('_')
+        || OWNED_NAMES.contains(&name)
+        || OWNED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Drops hop-by-hop headers, including any the `Connection` header names.
+/// Names come back lower-case.
+pub fn end_to_end_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let named: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(n))
+        .collect()
+}
+
+/// A `Host` value we are willing to repeat as `X-Forwarded-Host`: a host
+/// name or IP literal with an optional port, nothing an upstream could
+/// mistake for a path or a list.
+pub fn is_plain_authority(value: &[u8]) -> bool {
+    (1..=255).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_owns_identity_forwarding_override_and_underscore_names() {
+        for name in [
+            "x-sigma-tenant",
+            "x-sigma-anything",
+            "x_sigma_tenant",
+            "x-sigma_tenant",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-prefix",
+            "x-real-ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "_",
+        ] {
+            assert!(is_owned(name), "{name}");
+        }
+        for name in ["accept", "content-type", "x-request-id", "authorization"] {
+            assert!(!is_owned(name), "{name}");
+        }
+        for identity in
+            IDENTITY_HEADERS
+                .iter()
+                .chain(&[FORWARDED_FOR, FORWARDED_PROTO, FORWARDED_HOST])
+        {
+            assert!(is_owned(identity), "{identity}");
+        }
+    }
+
+    #[test]
+    fn plain_authorities() {
+        for ok in ["pim.example", "127.0.0.1:8080", "[::1]:80", "a-b.c"] {
+            assert!(is_plain_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "a b", "a,b", "a/b", "a@b", "a\tb", "\u{e9}"] {
+            assert!(!is_plain_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+}
