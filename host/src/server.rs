@@ -124,6 +124,8 @@ struct Activity {
     /// When the request in flight started, while its body is still arriving;
     /// `NONE` once the whole request is in.
     receiving_since_ms: AtomicU64,
+    /// Wakes the watchdog when a deadline starts, so it never sleeps past one.
+    deadline_started: tokio::sync::Notify,
 }
 
 const NONE: u64 = u64::MAX;
@@ -178,7 +180,11 @@ async fn watchdog(activity: Arc<Activity>, limits: Limits) -> Close {
         } else {
             now.saturating_add(idle_ms.min(header_ms))
         };
-        tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now).max(1))).await;
+        let sleep = tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now).max(1)));
+        tokio::select! {
+            () = sleep => {}
+            () = activity.deadline_started.notified() => {}
+        }
     }
 }
 
@@ -195,6 +201,7 @@ async fn connection(
         in_flight: AtomicUsize::new(0),
         head_since_ms: AtomicU64::new(0),
         receiving_since_ms: AtomicU64::new(NONE),
+        deadline_started: tokio::sync::Notify::new(),
     });
     let io = TokioIo::new(WatchedIo {
         inner: stream,
@@ -217,6 +224,7 @@ async fn connection(
             activity
                 .receiving_since_ms
                 .store(started, Ordering::Relaxed);
+            activity.deadline_started.notify_one();
             let tracker = activity.clone();
             req.map(|body| {
                 Receiving {
@@ -363,12 +371,12 @@ impl AsyncRead for WatchedIo {
             a.touch();
             if a.in_flight.load(Ordering::Relaxed) == 0 {
                 // The first bytes of a new request: its headers are now on the clock.
-                let _ = a.head_since_ms.compare_exchange(
-                    NONE,
-                    a.now_ms(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+                if a.head_since_ms
+                    .compare_exchange(NONE, a.now_ms(), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    a.deadline_started.notify_one();
+                }
             }
         }
         result
