@@ -97,3 +97,96 @@ fn only_the_sha256_of_a_key_is_stored() {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// 100 rounds of `kill -9` while clients create and deactivate keys: every
+/// write the server acknowledged is there after the restart.
+#[test]
+fn acknowledged_writes_survive_a_crash_loop() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    const ROUNDS: usize = 100;
+    const CLIENTS: usize = 3;
+    let mut server = Server::start(&[]);
+    let auth = server.bearer("acme");
+    let created: Arc<Mutex<Vec<String>>> = Arc::default();
+    let deactivated: Arc<Mutex<Vec<String>>> = Arc::default();
+    let body = json!({"name": "crash", "permissions": ["read"]}).to_string();
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let addr = server.addr;
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|client| {
+                let (auth, body) = (auth.clone(), body.clone());
+                let (created, deactivated) = (created.clone(), deactivated.clone());
+                std::thread::spawn(move || {
+                    let headers = [("Authorization", auth.as_str())];
+                    for _ in 0..1000 {
+                        let Some(r) = crate::support::try_request(
+                            addr,
+                            "POST",
+                            "/api/v1/api-keys",
+                            &headers,
+                            Some(body.as_bytes()),
+                        ) else {
+                            return;
+                        };
+                        if r.status != 201 {
+                            continue;
+                        }
+                        let id = r.json()["id"].as_str().unwrap().to_owned();
+                        created.lock().unwrap().push(id.clone());
+                        if (round + client) % 2 == 0 {
+                            let path = format!("/api/v1/api-keys/{id}/deactivate");
+                            match crate::support::try_request(addr, "POST", &path, &headers, None) {
+                                Some(r) if r.status == 200 => deactivated.lock().unwrap().push(id),
+                                Some(_) => {}
+                                None => return,
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(40 + (round as u64 * 7) % 60));
+        server.kill9_and_restart();
+        for c in clients {
+            c.join().unwrap();
+        }
+    }
+    let list = server
+        .send("GET", "/api/v1/api-keys", &[("Authorization", &auth)], None)
+        .json();
+    let stored: std::collections::HashMap<&str, bool> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["id"].as_str().unwrap(), k["active"].as_bool().unwrap()))
+        .collect();
+    let created = created.lock().unwrap();
+    let deactivated = deactivated.lock().unwrap();
+    assert!(
+        created.len() >= ROUNDS,
+        "too few writes to mean anything: {}",
+        created.len()
+    );
+    for id in created.iter() {
+        assert!(
+            stored.contains_key(id.as_str()),
+            "acknowledged create of {id} was lost"
+        );
+    }
+    for id in deactivated.iter() {
+        assert_eq!(
+            stored.get(id.as_str()),
+            Some(&false),
+            "acknowledged deactivation of {id} was lost"
+        );
+    }
+    eprintln!(
+        "crash loop: {ROUNDS} rounds, {} creates and {} deactivations acknowledged, {:?}",
+        created.len(),
+        deactivated.len(),
+        started.elapsed()
+    );
+}

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::support::Server;
 
-fn jwt(secret: &[u8], alg: &str, claims: serde_json::Value) -> String {
+pub(crate) fn jwt(secret: &[u8], alg: &str, claims: serde_json::Value) -> String {
     let alg = match alg {
         "HS256" => jsonwebtoken::Algorithm::HS256,
         "HS384" => jsonwebtoken::Algorithm::HS384,
@@ -18,7 +18,7 @@ fn jwt(secret: &[u8], alg: &str, claims: serde_json::Value) -> String {
     .unwrap()
 }
 
-fn b64url(bytes: &[u8]) -> String {
+pub(crate) fn b64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -33,7 +33,7 @@ fn b64url(bytes: &[u8]) -> String {
     out
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -473,3 +473,120 @@ pub fn files_bytes(dir: &Path, prefix: &str) -> Vec<u8> {
     }
     all
 }
+
+/// One of the ordinary Python upstreams of `tests/e2e/upstreams/recording.py`
+/// (`http`: http.server with HTTP/1.1 keep-alive; `wsgi`: wsgiref), recording
+/// every request that reaches it.
+pub struct PyUpstream {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PyUpstream {
+    pub fn start(mode: &str) -> PyUpstream {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("requests.jsonl");
+        std::fs::write(&log, "").expect("log");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/upstreams/recording.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(mode)
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("port line");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("python upstream did not start: {line:?}"));
+        PyUpstream {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request that reached the application so far.
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for PyUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream.write_all(bytes).expect("write");
+    read_reply(&mut BufReader::new(stream), false)
+}
+
+/// One request on a new connection, or none if the server is gone (it was
+/// killed before or while answering).
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Option<Reply> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\n\r\n",
+        body.map_or(0, <[u8]>::len)
+    ));
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body.unwrap_or_default()).ok()?;
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut all).ok()?;
+    // A response cut off by the kill is no acknowledgement.
+    let text = String::from_utf8_lossy(&all);
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    if rest.len() < length {
+        return None;
+    }
+    Some(read_reply(
+        &mut BufReader::new(all.as_slice()),
+        method == "HEAD",
+    ))
+}
