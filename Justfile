@@ -20,9 +20,14 @@ bench:
 bench-quick:
     bash scripts/bench.sh --quick
 
+# Run each fuzz target for SECONDS (default 60); crashes land in fuzz/artifacts/
+fuzz SECONDS="60":
+    bash scripts/fuzz.sh {{SECONDS}}
+
 # Format all code
 fmt:
     cargo fmt --all
+    cargo fmt --manifest-path fuzz/Cargo.toml
 
 # Clippy with warnings as errors, natively and for the guest's wasm target
 lint:

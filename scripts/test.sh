@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints (host and guest), then every test —
-# guest unit tests natively, host unit and component tests, and the end-to-end
-# suite that drives the real binary over HTTP.
+# guest unit and property tests natively, host unit and component tests, the
+# end-to-end suite that drives the real binary over HTTP (the adversarial
+# suite and the crash loop among them), the embedding examples, and each
+# fuzz target for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== clippy (native, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== clippy (guest, wasm32-wasip2)"
 cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest -p sigma-keys-keyvalue-adapter -p sigma-keys-bench-hello -p sigma-keys-bench-inwasm --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
-echo "== tools for the stock-host tests (wasmtime CLI, wac; installed once into tools/)"
+echo "== tools (wasmtime CLI, wac, cargo-fuzz; installed once per user, linked from tools/)"
 bash scripts/tools.sh
 echo "== benchmark smoke test (bench.sh --quick: the suite runs; no timing is asserted)"
 bash scripts/bench.sh --quick > target/bench-quick.log 2>&1 || { cat target/bench-quick.log; exit 1; }
@@ -21,3 +24,5 @@ echo "== tests"
 cargo test --workspace --locked
 echo "== embedding examples (Python, Node)"
 bash scripts/test-examples.sh
+echo "== fuzz targets (15 s each)"
+bash scripts/fuzz.sh 15

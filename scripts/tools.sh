@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs the stock tools the stock-host tests use, once per user, into a
-# cache outside the clone (${XDG_CACHE_HOME:-~/.cache}/sigma-keys/tools), so
-# a second clone reuses them: the wasmtime CLI at the host's wasmtime version
-# and wac (composition). tools/ in the clone (ignored by git) links to them.
+# Installs the tools the tests use, once per user, into a cache outside the
+# clone (${XDG_CACHE_HOME:-~/.cache}/sigma-keys/tools), so a second clone
+# reuses them: the wasmtime CLI at the host's wasmtime version and wac (the
+# stock-host tests), and cargo-fuzz (the fuzz targets). tools/ in the clone
+# (ignored by git) links to them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WASMTIME_VERSION=48.0.8
 WAC_VERSION=0.12.0
+CARGO_FUZZ_VERSION=0.13.2
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/sigma-keys/tools"
 mkdir -p "$cache" tools
 
@@ -28,3 +30,4 @@ install() {
 
 install wasmtime wasmtime-cli "$WASMTIME_VERSION" wasmtime
 install wac wac-cli "$WAC_VERSION" wac
+install cargo-fuzz cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz
