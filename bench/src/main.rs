@@ -932,7 +932,13 @@ fn scaling(_rt: &tokio::runtime::Runtime, o: &Options, report: &mut Report) -> R
     // Durable key creation: every 201 is on disk (synchronous=FULL).
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("k.db");
-    let sigma = serve(&o.server, &db, &[], None)?;
+    // One tenant creates keys for the whole run: lift the per-tenant limit.
+    let sigma = serve(
+        &o.server,
+        &db,
+        &["--max-keys-per-tenant", "4000000000"],
+        None,
+    )?;
     let bearer = format!("Bearer {}", token(&o.server, &db)?);
     let script = lua_post(
         dir.path(),

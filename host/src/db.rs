@@ -56,9 +56,10 @@ const MIGRATIONS: &[&str] = &[
         deactivated_at INTEGER
     );
     CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at);",
-    // 2: the change feed that cache eviction reads. Triggers write it, so no
-    // writer (an older binary, a hand-run SQL statement) can skip it. Only
-    // `last_used_at` changes nothing a lookup decides on.
+    // 2: the change feed that cache eviction reads, and keys per tenant for
+    // the limit. Triggers write both, so no writer (an older binary, a
+    // hand-run SQL statement) can skip them. Only `last_used_at` changes
+    // nothing a lookup decides on.
     "CREATE TABLE key_changes (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         key_hash BLOB NOT NULL
@@ -72,6 +73,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER api_keys_deleted AFTER DELETE ON api_keys
     BEGIN
         INSERT INTO key_changes (key_hash) VALUES (OLD.key_hash);
+    END;
+    -- Keys per tenant, kept by triggers, so the limit costs one lookup per
+    -- create instead of counting the tenant's keys.
+    CREATE TABLE tenant_key_counts (
+        tenant TEXT PRIMARY KEY NOT NULL,
+        keys INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO tenant_key_counts (tenant, keys)
+        SELECT tenant, count(*) FROM api_keys GROUP BY tenant;
+    CREATE TRIGGER api_keys_counted AFTER INSERT ON api_keys
+    BEGIN
+        INSERT INTO tenant_key_counts (tenant, keys) VALUES (NEW.tenant, 1)
+            ON CONFLICT (tenant) DO UPDATE SET keys = keys + 1;
+    END;
+    CREATE TRIGGER api_keys_uncounted AFTER DELETE ON api_keys
+    BEGIN
+        UPDATE tenant_key_counts SET keys = keys - 1 WHERE tenant = OLD.tenant;
+    END;
+    CREATE TRIGGER api_keys_recounted AFTER UPDATE OF tenant ON api_keys
+    BEGIN
+        UPDATE tenant_key_counts SET keys = keys - 1 WHERE tenant = OLD.tenant;
+        INSERT INTO tenant_key_counts (tenant, keys) VALUES (NEW.tenant, 1)
+            ON CONFLICT (tenant) DO UPDATE SET keys = keys + 1;
     END;",
 ];
 /// Permission names as stored; they never change once written.
@@ -305,7 +329,7 @@ impl Db {
                 .prepare_cached(
                     "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at)
                      SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
-                     WHERE (SELECT count(*) FROM api_keys WHERE tenant = ?2) < ?9",
+                     WHERE coalesce((SELECT keys FROM tenant_key_counts WHERE tenant = ?2), 0) < ?9",
                 )?
                 .execute(params![
                     key.id,
@@ -958,6 +982,18 @@ mod tests {
         ));
         db.insert(&key("d", "u", 1), &[4; 32], 2).unwrap();
         assert_eq!(db.list("t").unwrap().len(), 2);
+        // A delete frees a place, from here or from any other writer.
+        assert!(db.remove("t", "a").unwrap());
+        db.insert(&key("c", "t", 1), &[3; 32], 2).unwrap();
+        Connection::open(dir.path().join("k.db"))
+            .unwrap()
+            .execute("DELETE FROM api_keys WHERE id = 'b'", [])
+            .unwrap();
+        db.insert(&key("e", "t", 1), &[5; 32], 2).unwrap();
+        assert!(matches!(
+            db.insert(&key("f", "t", 1), &[6; 32], 2),
+            Err(StoreError::LimitReached)
+        ));
     }
 
     #[test]

@@ -74,7 +74,8 @@ fn pooling_limits() -> PoolingAllocationConfig {
     pool
 }
 
-/// Every request is refused with 503 `overloaded` while no instance frees up.
+/// No component instance came free within [`INSTANCE_WAIT`]; the request is
+/// answered 503 `overloaded`.
 #[derive(Debug)]
 pub struct Overloaded;
 
@@ -426,4 +427,31 @@ fn tick_epochs(engine: &Engine) -> Result<()> {
         })
         .context("cannot start the epoch thread")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past the HTTP share of the pool, a request waits [`INSTANCE_WAIT`] and
+    /// is then refused with [`Overloaded`], never a pool error (a 500); an
+    /// instance given back lets the next one through.
+    #[tokio::test]
+    async fn a_full_pool_is_overloaded_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("k.db")).unwrap());
+        let runtime = Runtime::new(db, &Settings::default()).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..(MAX_INSTANCES - TYPED_RESERVE) {
+            held.push(runtime.http_instance(Arc::default()).await.unwrap());
+        }
+        let started = std::time::Instant::now();
+        let refused = runtime.http_instance(Arc::default()).await.err().unwrap();
+        assert!(refused.is::<Overloaded>(), "{refused:#}");
+        assert!(started.elapsed() >= INSTANCE_WAIT);
+        // Typed calls keep their reserve.
+        assert!(runtime.typed().await.is_ok());
+        runtime.give_back(held.pop().unwrap());
+        assert!(runtime.http_instance(Arc::default()).await.is_ok());
+    }
 }

@@ -110,6 +110,47 @@ fn a_short_secret_is_refused() {
 }
 
 #[test]
+fn a_secret_file_others_can_read_is_refused_and_new_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let secret = dir.path().join("k.db.secret");
+    let serve = || {
+        cli()
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(&db)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A first start creates the database and the secret, both private.
+    let mut first = serve();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(secret.exists() && db.exists()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = first.kill();
+    let _ = first.wait();
+    for file in [&db, &secret] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", file.display());
+    }
+    // A secret that others can read is refused, naming the file, in one line.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = serve().wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&secret.display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn keys_are_managed_without_a_server_and_work_with_one() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_owned();
