@@ -484,7 +484,7 @@ async fn respond(
             // The instance waits for no client: the body (no more of it than
             // the component would read) arrives first.
             runtime.give_back(instance);
-            let req = read_body(req, body_limit as usize).await?;
+            let req = read_body(req, body_limit as usize).await;
             let instance = runtime.http_instance(caller).await?;
             run_component(runtime, instance, req).await
         }
@@ -493,16 +493,27 @@ async fn respond(
 
 /// The request with its body read into memory, up to `limit` bytes and one
 /// more (so the component sees that it is too large). `Content-Length` then
-/// states what was read.
-async fn read_body(req: Request<RequestBody>, limit: usize) -> Result<Request<RequestBody>> {
+/// states what was read. A body that fails to arrive (bad chunking, a
+/// client gone) fails the same way for the component, which answers it.
+async fn read_body(req: Request<RequestBody>, limit: usize) -> Request<RequestBody> {
     let (mut parts, mut body) = req.into_parts();
     let mut bytes = bytes::BytesMut::new();
     let mut complete = true;
+    let mut failure = None;
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            bytes.extend_from_slice(&data);
-            if bytes.len() > limit {
-                bytes.truncate(limit + 1);
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                    if bytes.len() > limit {
+                        bytes.truncate(limit + 1);
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
                 complete = false;
                 break;
             }
@@ -517,10 +528,42 @@ async fn read_body(req: Request<RequestBody>, limit: usize) -> Result<Request<Re
     } else {
         parts.headers.remove(hyper::header::CONTENT_LENGTH);
     }
-    let body = Full::new(bytes.freeze())
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync();
-    Ok(Request::from_parts(parts, body))
+    let body = Buffered {
+        data: Some(bytes.freeze()),
+        failure,
+    };
+    Request::from_parts(parts, body.boxed_unsync())
+}
+
+/// A body read ahead: its bytes, then the error that ended it, if any.
+struct Buffered {
+    data: Option<Bytes>,
+    failure: Option<HttpError>,
+}
+
+impl Body for Buffered {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(data) = self.data.take().filter(|d| !d.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.failure.take().map(Err))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.data.as_ref().is_none_or(Bytes::is_empty) && self.failure.is_none()
+    }
+    fn size_hint(&self) -> SizeHint {
+        match (&self.data, &self.failure) {
+            (Some(d), None) => SizeHint::with_exact(d.len() as u64),
+            (None, None) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
 }
 
 fn request_head(req: &Request<RequestBody>, peer: SocketAddr) -> RequestHead {

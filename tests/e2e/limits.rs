@@ -1,10 +1,10 @@
 //! Body size, header and idle timeouts.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, read_reply};
+use crate::support::{Server, closed_within, read_reply};
 
 #[test]
 fn oversized_management_bodies_get_413_as_soon_as_the_limit_is_crossed() {
@@ -61,19 +61,6 @@ fn oversized_management_bodies_get_413_as_soon_as_the_limit_is_crossed() {
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
 
-fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
 #[test]
 fn slow_headers_are_cut_off() {
     let server = Server::start(&["--header-timeout", "1s", "--idle-timeout", "30s"]);
@@ -121,4 +108,20 @@ fn idle_keep_alive_connections_close_after_the_idle_timeout_not_the_header_timeo
     assert!(closed_within(&mut stream, Duration::from_secs(8)));
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(2500), "{waited:?}");
+}
+
+#[test]
+fn a_management_body_that_breaks_off_is_a_400_not_a_500() {
+    let server = Server::start(&[]);
+    let r = crate::support::raw(
+        server.addr,
+        b"POST /api/v1/api-keys/verify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n2\r\n{}\r\nzz\r\n",
+    );
+    assert_eq!(r.error(), (400, "invalid_request".into()));
+    assert!(
+        !server.logs().contains("request failed"),
+        "{}",
+        server.logs()
+    );
 }
