@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::management::{b64url, jwt, now};
-use crate::support::{PyUpstream, Server, raw, read_reply};
+use crate::support::{PyUpstream, Server, closed_within, raw, read_reply};
 
 /// A server in front of `upstream` and a key with `permissions`.
 fn gateway(upstream: &PyUpstream, args: &[&str], permissions: &[&str]) -> (Server, String) {
@@ -306,19 +306,21 @@ fn bearer_token_abuse_is_refused() {
             b64url(b"forged-signature")
         )
     };
-    let bad = [
+    // Every other algorithm, each with a forged signature; HS384 and HS512
+    // also properly signed with the server's secret.
+    let mut bad: Vec<String> = [
+        "none", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+        "ES384", "EdDSA", "hs256", "",
+    ]
+    .iter()
+    .map(|alg| {
         header_only(
-            r#"{"alg":"none","typ":"JWT"}"#,
+            &format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#),
             json!({"tenant": "acme", "exp": exp}),
-        ),
-        header_only(
-            r#"{"alg":"RS256","typ":"JWT"}"#,
-            json!({"tenant": "acme", "exp": exp}),
-        ),
-        header_only(
-            r#"{"alg":"ES256","typ":"JWT"}"#,
-            json!({"tenant": "acme", "exp": exp}),
-        ),
+        )
+    })
+    .collect();
+    bad.extend([
         jwt(secret, "HS384", json!({"tenant": "acme", "exp": exp})),
         jwt(secret, "HS512", json!({"tenant": "acme", "exp": exp})),
         jwt(secret, "HS256", json!({"tenant": "acme"})),
@@ -349,7 +351,7 @@ fn bearer_token_abuse_is_refused() {
             "HS256",
             json!({"tenant": "acme\u{202e}", "exp": exp}),
         ),
-    ];
+    ]);
     for token in &bad {
         let auth = format!("Bearer {token}");
         for path in ["/api/v1/api-keys", "/api/v1/records"] {
@@ -419,19 +421,6 @@ fn every_management_endpoint_is_scoped_to_its_tenant() {
         Some(body.as_bytes()),
     );
     assert_eq!(r.error(), (400, "invalid_request".into()));
-}
-
-fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 512];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
 }
 
 #[test]

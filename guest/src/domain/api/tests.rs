@@ -557,6 +557,13 @@ fn upstream_failures_are_json_errors_with_their_status() {
     assert_eq!(parsed["error"]["code"], "upstream_unavailable");
 }
 
+/// Creates a key with `read` for acme: the reply and the raw key.
+fn read_key(call: &Call<'_>) -> (Reply, String) {
+    let created = create(call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    (created, raw)
+}
+
 /// A store whose every call fails, as a locked or broken database does.
 struct FailingStore;
 
@@ -588,8 +595,7 @@ fn bodies_on_bodyless_methods_are_refused_before_any_lookup() {
         store: &store,
         settings: settings(),
     };
-    let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
-    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    let (_, raw) = read_key(&call);
     *store.reads.borrow_mut() = 0;
     for method in ["GET", "HEAD", "DELETE", "OPTIONS"] {
         for framing in [("content-length", "62"), ("transfer-encoding", "chunked")] {
@@ -634,8 +640,7 @@ fn method_overrides_in_the_query_are_refused() {
         store: &store,
         settings: settings(),
     };
-    let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
-    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    let (_, raw) = read_key(&call);
     for path in [
         "/api/v1/records?_method=DELETE",
         "/api/v1/records/r1?x=1&%5fmethod=DELETE",
@@ -661,8 +666,7 @@ fn the_gateway_owns_identity_forwarding_and_override_headers() {
         store: &store,
         settings: settings(),
     };
-    let created = create(&call, "acme", r#"{"name": "k", "permissions": ["read"]}"#);
-    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    let (created, raw) = read_key(&call);
     let spoofed = [
         ("X_Sigma_Tenant", "globex"),
         ("x-sigma-tenant", "globex"),
