@@ -58,7 +58,7 @@ fn resolve_from(env: Option<std::ffi::OsString>, db: &Path) -> Result<(String, S
                 .mode();
             if mode & 0o077 != 0 {
                 bail!(
-                    "the secret file {} is readable by others (mode {:o}); run `chmod 600 {}`",
+                    "the secret file {} is open to group or others (mode {:o}); run `chmod 600 {}`",
                     path.display(),
                     mode & 0o777,
                     path.display()
