@@ -2,7 +2,7 @@
 # The test command: formatting, lints (host and guest), then every test —
 # guest unit and property tests natively, host unit and component tests, the
 # end-to-end suite that drives the real binary over HTTP (the adversarial
-# suite and the crash loop among them), the embedding examples, and each
+# suite, the crash loop, and several nodes on a throwaway PostgreSQL among them), the embedding examples, and each
 # fuzz target for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,8 @@ echo "== clippy (guest, wasm32-wasip2)"
 cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest -p sigma-keys-keyvalue-adapter -p sigma-keys-bench-hello -p sigma-keys-bench-inwasm --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
 echo "== tools (wasmtime CLI, wac, cargo-fuzz; installed once per user, linked from tools/)"
 bash scripts/tools.sh
+echo "== PostgreSQL server programs (the tests start throwaway clusters)"
+bash scripts/postgres.sh
 echo "== benchmark smoke test (bench.sh --quick: the suite runs; no timing is asserted)"
 bash scripts/bench.sh --quick > target/bench-quick.log 2>&1 || { cat target/bench-quick.log; exit 1; }
 tail -n 3 target/bench-quick.log

@@ -290,7 +290,7 @@ fn verify_inprocess(
         "domain code, in-memory store",
     );
     let dir = tempfile::tempdir()?;
-    let sqlite = native_db::NativeDb(sigma_keys::db::Db::open(&dir.path().join("n.db"))?);
+    let sqlite = native_db::NativeDb(sigma_keys::store::sqlite::Db::open(&dir.path().join("n.db"))?);
     report.add(
         "verify_inprocess.native_sqlite",
         native_verify_ns(&sqlite, calls, runs)?,
@@ -836,7 +836,7 @@ fn verify_http(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
 
 /// Fills a fresh database with `n` random keys (hashes only) in one transaction.
 fn fill(db: &Path, n: usize) -> Result<()> {
-    drop(sigma_keys::db::Db::open(db)?); // creates the schema
+    drop(sigma_keys::store::sqlite::Db::open(db)?); // creates the schema
     let mut conn = rusqlite::Connection::open(db)?;
     let tx = conn.transaction()?;
     {

@@ -6,7 +6,7 @@ use sigma_keys_guest::domain::keys::{KeyRecord, KeyStore, StoreError};
 use sigma_keys_guest::domain::permission::Permission as P;
 use sigma_keys_guest::domain::raw_key::KeyHash;
 
-pub struct NativeDb(pub sigma_keys::db::Db);
+pub struct NativeDb(pub sigma_keys::store::sqlite::Db);
 
 const PAIRS: [(P, S); 5] = [
     (P::Read, S::Read),
@@ -85,6 +85,7 @@ impl KeyStore for NativeDb {
         self.0.remove(tenant, id).map_err(err)
     }
     fn record_use(&self, id: &str, at: u64) -> Result<(), StoreError> {
-        self.0.record_use(id, at).map_err(err)
+        self.0.record_use(id, at);
+        Ok(())
     }
 }

@@ -27,12 +27,12 @@ pub mod bindings {
     });
 }
 
-pub mod db;
 mod hop_by_hop;
 pub mod runtime;
 pub mod secret;
 pub mod server;
 mod service;
+pub mod store;
 mod upstream_pool;
 
 pub use bindings::exports::sigma::api_keys::auth::Verified;

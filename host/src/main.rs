@@ -1,16 +1,16 @@
 //! `sigma-keys`: serve the API-key service, mint local tokens, manage keys.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use sigma_keys::db::Db;
 use sigma_keys::runtime::Runtime;
 use sigma_keys::secret::{self, Source};
+use sigma_keys::store::{self, Location};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,13 +33,53 @@ enum Command {
     /// Manage keys directly in the database, without a server
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Copy every key from a SQLite database into PostgreSQL (safe to repeat)
+    Migrate(MigrateArgs),
 }
 
 #[derive(Args)]
 struct DbArg {
-    /// The SQLite database file
-    #[arg(long, default_value = "./sigma-keys.db", value_name = "PATH")]
-    db: PathBuf,
+    /// The store: a SQLite file, or a postgres:// or postgresql:// URL
+    #[arg(
+        long,
+        env = "SIGMA_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "./sigma-keys.db",
+        value_name = "PATH|URL"
+    )]
+    db: String,
+}
+
+impl DbArg {
+    /// Parsed here rather than by clap, whose errors repeat the value (and
+    /// so a URL's password).
+    fn location(&self) -> Result<Location> {
+        self.db
+            .parse()
+            .map_err(|reason| anyhow::anyhow!("--db (or SIGMA_DATABASE_URL) {reason}"))
+    }
+}
+
+#[derive(Args)]
+struct SecretArg {
+    /// Read the JWT secret from this file (mode 0600); SIGMA_JWT_SECRET wins. Required on PostgreSQL without SIGMA_JWT_SECRET
+    #[arg(long, value_name = "PATH")]
+    jwt_secret_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The SQLite database to copy from
+    #[arg(long, value_name = "PATH")]
+    from: PathBuf,
+    /// The PostgreSQL URL to copy to
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SIGMA_DATABASE_URL",
+        hide_env_values = true
+    )]
+    to: String,
 }
 
 #[derive(Args)]
@@ -49,6 +89,11 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     db: DbArg,
+    #[command(flatten)]
+    secret: SecretArg,
+    /// PostgreSQL: a node answers from its cache only while it has confirmed, within this long, that the cache is current
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    max_staleness: Duration,
     /// Forward authorized resource requests to this base URL (http:// or https://)
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
@@ -88,6 +133,8 @@ struct TokenArgs {
     ttl: Duration,
     #[command(flatten)]
     db: DbArg,
+    #[command(flatten)]
+    secret: SecretArg,
 }
 
 #[derive(Subcommand)]
@@ -198,7 +245,8 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Token(args) => {
-            let (secret, source) = secret::resolve(&args.db.db)?;
+            let (secret, source) =
+                secret::resolve_for(&args.db.location()?, args.secret.jwt_secret_file.as_deref())?;
             note_secret(&source);
             println!(
                 "{}",
@@ -207,6 +255,56 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys(cmd).await,
+        Command::Migrate(args) => migrate(args).await,
+    }
+}
+
+async fn migrate(args: MigrateArgs) -> Result<()> {
+    let Location::Postgres(url) = args
+        .to
+        .parse::<Location>()
+        .map_err(|reason| anyhow::anyhow!("--to {reason}"))?
+    else {
+        bail!("--to must be a postgres:// or postgresql:// URL");
+    };
+    if !args.from.is_file() {
+        bail!("--from {}: no such SQLite database", args.from.display());
+    }
+    let source = store::sqlite::Db::open(&args.from)?;
+    let keys = source.export().map_err(store_error)?;
+    let target = store::postgres::PgStore::open(&url, &store::Options::default()).await?;
+    let added = target.import(&keys).await.map_err(store_error);
+    store::KeyStore::close(&target).await;
+    let added = added?;
+    let deactivated = keys
+        .iter()
+        .filter(|(k, _)| k.deactivated_at.is_some())
+        .count();
+    println!(
+        "{}",
+        serde_json::json!({
+            "keys": keys.len(),
+            "copied": added,
+            "alreadyThere": keys.len() as u64 - added,
+            "deactivated": deactivated,
+        })
+    );
+    eprintln!(
+        "Copied {added} of {} keys from {} to {} ({} were already there).",
+        keys.len(),
+        args.from.display(),
+        url.redacted(),
+        keys.len() as u64 - added
+    );
+    Ok(())
+}
+
+fn store_error(e: sigma_keys::store::StoreError) -> anyhow::Error {
+    match e {
+        sigma_keys::store::StoreError::Unavailable(why) => {
+            anyhow::anyhow!("the store failed: {why}")
+        }
+        other => anyhow::anyhow!("the store failed: {other:?}"),
     }
 }
 
@@ -233,8 +331,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
-    let db = open_db(&args.db.db)?;
-    let (jwt_secret, source) = secret::resolve(&args.db.db)?;
+    let location = args.db.location()?;
+    let secret = || secret::resolve_for(&location, args.secret.jwt_secret_file.as_deref());
+    // On PostgreSQL a missing shared secret is reported before connecting;
+    // on SQLite the database is opened first, since the secret lives beside it.
+    let early = if location.is_postgres() {
+        Some(secret()?)
+    } else {
+        None
+    };
+    let db = store::open(
+        &location,
+        &store::Options {
+            max_staleness: args.max_staleness,
+        },
+    )
+    .await?;
+    let (jwt_secret, source) = match early {
+        Some(resolved) => resolved,
+        None => secret()?,
+    };
     note_secret(&source);
     let settings = Settings {
         jwt_secret: Some(jwt_secret),
@@ -246,9 +362,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is the port in use?)", args.listen))?;
-    let runtime = Arc::new(Runtime::new(Arc::new(db), &settings)?);
+    let runtime = Arc::new(Runtime::new(db.clone(), &settings)?);
     let local = listener.local_addr()?;
-    let db_arg = args.db.db.display();
+    let db_arg = location.display();
     println!("sigma-keys listening on http://{local}");
     println!("  database: {db_arg}");
     match &args.upstream {
@@ -260,21 +376,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "sigma-keys".into());
-    println!("  get a token: {exe} token --db {db_arg} --tenant <tenant>");
+    match location {
+        Location::Sqlite(_) => {
+            println!("  get a token: {exe} token --db {db_arg} --tenant <tenant>")
+        }
+        Location::Postgres(_) => println!(
+            "  get a token: {exe} token --db <this database URL> --tenant <tenant> (with the same JWT secret)"
+        ),
+    }
     let limits = Limits {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         request_timeout: args.request_timeout,
         max_connections: args.max_connections as usize,
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // SIGINT or SIGTERM: stop serving, then write what is pending.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
     };
-    server::serve(runtime, listener, limits, shutdown).await
-}
-
-fn open_db(path: &Path) -> Result<Db> {
-    Db::open(path)
+    let served = server::serve(runtime, listener, limits, shutdown).await;
+    // Pending lastUsedAt values are written before the process exits.
+    db.close().await;
+    served
 }
 
 async fn keys(cmd: KeysCommand) -> Result<()> {
@@ -282,12 +410,23 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
         KeysCommand::List { tenant, db }
         | KeysCommand::Create { tenant, db, .. }
         | KeysCommand::Deactivate { tenant, db, .. }
-        | KeysCommand::Delete { tenant, db, .. } => (tenant.clone(), db.db.clone()),
+        | KeysCommand::Delete { tenant, db, .. } => (tenant.clone(), db.location()?),
     };
-    let service = Service::from_runtime(Arc::new(Runtime::new(
-        Arc::new(open_db(&db)?),
-        &Settings::default(),
-    )?));
+    let store = store::open(&db, &store::Options::default()).await?;
+    let service =
+        Service::from_runtime(Arc::new(Runtime::new(store.clone(), &Settings::default())?));
+    let output = keys_command(&service, &tenant, cmd).await;
+    store.close().await;
+    println!("{}", serde_json::to_string_pretty(&output?)?);
+    Ok(())
+}
+
+async fn keys_command(
+    service: &Service,
+    tenant: &str,
+    cmd: KeysCommand,
+) -> Result<serde_json::Value> {
+    let tenant = tenant.to_owned();
     let output = match cmd {
         KeysCommand::List { .. } => {
             let list = service.list(&tenant).await?.map_err(key_error)?;
@@ -315,8 +454,7 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
             serde_json::json!({"deleted": true})
         }
     };
-    println!("{}", serde_json::to_string_pretty(&output)?);
-    Ok(())
+    Ok(output)
 }
 
 fn key_error(e: sigma_keys::KeyError) -> anyhow::Error {

@@ -1,5 +1,5 @@
 //! Loads the sigma-keys component into wasmtime and wires its imports to the
-//! SQLite store, the configuration and the request log.
+//! key store, the configuration and the request log.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -19,8 +19,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings::sigma::api_keys::request_log;
 use crate::bindings::sigma::api_keys::store::{self, StoreError, StoredKey as KeyRecord};
 use crate::bindings::{Typed, TypedIndices};
-use crate::db::Db;
 use crate::hop_by_hop::ProxyHooks;
+use crate::store::KeyStore;
 
 /// The component, built from `guest/` and embedded at compile time.
 pub const COMPONENT: &[u8] = include_bytes!(env!("SIGMA_KEYS_COMPONENT_WASM"));
@@ -113,7 +113,7 @@ pub struct Ctx {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: ProxyHooks,
-    db: Arc<Db>,
+    db: Arc<dyn KeyStore>,
     config: Arc<WasiConfigVariables>,
     caller: Arc<Mutex<Caller>>,
     limits: StoreLimits,
@@ -155,17 +155,6 @@ impl request_log::Host for Ctx {
     }
 }
 
-/// Runs a store call on the blocking pool, so no async worker waits for SQLite.
-async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(call).await.unwrap_or_else(|e| {
-        Err(StoreError::Unavailable(format!(
-            "the store call failed: {e}"
-        )))
-    })
-}
-
 impl store::Host for Ctx {
     async fn insert(
         &mut self,
@@ -173,20 +162,17 @@ impl store::Host for Ctx {
         hash: Vec<u8>,
         tenant_limit: u32,
     ) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        blocking(move || db.insert(&key, &hash, tenant_limit)).await
+        self.db.insert(key, hash, tenant_limit).await
     }
     async fn find_by_hash(&mut self, hash: Vec<u8>) -> Result<Option<KeyRecord>, StoreError> {
-        // The hot path: a cached key is answered here, without a thread hop.
+        // The hot path: a cached key is answered here, with no future boxed.
         if let Some(found) = self.db.cached(&hash) {
             return Ok(Some(found));
         }
-        let db = self.db.clone();
-        blocking(move || db.find_by_hash(&hash)).await
+        self.db.find_by_hash(hash).await
     }
     async fn list(&mut self, tenant: String) -> Result<Vec<KeyRecord>, StoreError> {
-        let db = self.db.clone();
-        blocking(move || db.list(&tenant)).await
+        self.db.list(tenant).await
     }
     async fn deactivate(
         &mut self,
@@ -194,16 +180,15 @@ impl store::Host for Ctx {
         id: String,
         at: u64,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let db = self.db.clone();
-        blocking(move || db.deactivate(&tenant, &id, at)).await
+        self.db.deactivate(tenant, id, at).await
     }
     async fn remove(&mut self, tenant: String, id: String) -> Result<bool, StoreError> {
-        let db = self.db.clone();
-        blocking(move || db.remove(&tenant, &id)).await
+        self.db.remove(tenant, id).await
     }
     async fn record_use(&mut self, id: String, at: u64) -> Result<(), StoreError> {
         // Only noted in memory; written in batches off the request path.
-        self.db.record_use(&id, at)
+        self.db.record_use(&id, at);
+        Ok(())
     }
 }
 
@@ -215,7 +200,7 @@ pub struct Runtime {
     typed: TypedIndices,
     /// What the component names as hop-by-hop, asked once.
     hop_by_hop: OnceLock<Arc<[hyper::header::HeaderName]>>,
-    db: Arc<Db>,
+    db: Arc<dyn KeyStore>,
     config: Arc<WasiConfigVariables>,
     /// Shared by every instance, so upstream connections outlive requests.
     hooks: ProxyHooks,
@@ -227,12 +212,16 @@ pub struct Runtime {
 
 impl Runtime {
     /// Compiles the embedded component (cached on disk by wasmtime) and links it.
-    pub fn new(db: Arc<Db>, settings: &Settings) -> Result<Runtime> {
+    pub fn new(db: Arc<dyn KeyStore>, settings: &Settings) -> Result<Runtime> {
         Runtime::from_component(COMPONENT, db, settings)
     }
 
     /// The same for another build of a component of the `service` world.
-    pub fn from_component(wasm: &[u8], db: Arc<Db>, settings: &Settings) -> Result<Runtime> {
+    pub fn from_component(
+        wasm: &[u8],
+        db: Arc<dyn KeyStore>,
+        settings: &Settings,
+    ) -> Result<Runtime> {
         let mut config = Config::new();
         // A guest call that runs away traps at its deadline (GUEST_CALL_DEADLINE).
         config.epoch_interruption(true);
@@ -263,7 +252,7 @@ impl Runtime {
     fn with_component(
         engine: Engine,
         component: &Component,
-        db: Arc<Db>,
+        db: Arc<dyn KeyStore>,
         settings: &Settings,
     ) -> Result<Runtime> {
         let mut linker: Linker<Ctx> = Linker::new(&engine);
@@ -439,7 +428,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_pool_is_overloaded_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Db::open(&dir.path().join("k.db")).unwrap());
+        let db = crate::store::open_sqlite(&dir.path().join("k.db")).unwrap();
         let runtime = Runtime::new(db, &Settings::default()).unwrap();
         let mut held = Vec::new();
         for _ in 0..(MAX_INSTANCES - TYPED_RESERVE) {

@@ -1,5 +1,7 @@
-//! The JWT secret: from `SIGMA_JWT_SECRET`, or generated once and kept next to
-//! the database as `<db>.secret` (mode 0600). Also mints tokens for local use.
+//! The JWT secret: from `SIGMA_JWT_SECRET`, from `--jwt-secret-file`, or (on
+//! SQLite only) generated once and kept next to the database as
+//! `<db>.secret` (mode 0600). On PostgreSQL every node must share it, so it
+//! is never generated there. Also mints tokens for local use.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -35,44 +37,79 @@ pub fn resolve(db: &Path) -> Result<(String, Source)> {
     resolve_from(std::env::var_os(ENV_VAR), db)
 }
 
+/// The secret for the store at `location`: the variable, else `file`, else
+/// (SQLite only) the file beside the database, created when missing.
+pub fn resolve_for(
+    location: &crate::store::Location,
+    file: Option<&Path>,
+) -> Result<(String, Source)> {
+    let env = std::env::var_os(ENV_VAR);
+    match (env, file, location) {
+        (None, Some(file), _) => {
+            read_file(file).map(|value| (value, Source::File(file.to_owned())))
+        }
+        (env, _, crate::store::Location::Sqlite(db)) => resolve_from(env, db),
+        (Some(env), _, crate::store::Location::Postgres(_)) => {
+            from_env(env).map(|v| (v, Source::Env))
+        }
+        (None, None, crate::store::Location::Postgres(_)) => bail!(
+            "on PostgreSQL every node must share the JWT secret: set {ENV_VAR} or pass --jwt-secret-file PATH"
+        ),
+    }
+}
+
+fn from_env(value: std::ffi::OsString) -> Result<String> {
+    let Some(value) = value.to_str().map(str::to_owned) else {
+        bail!("{ENV_VAR} is not valid UTF-8");
+    };
+    if value.len() < MIN_LEN {
+        bail!(
+            "{ENV_VAR} is {} bytes long; it must be at least {MIN_LEN} bytes",
+            value.len()
+        );
+    }
+    Ok(value)
+}
+
+/// A secret kept in a file that only its owner may read.
+fn read_file(path: &Path) -> Result<String> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+    check_private(path)?;
+    let value = text.trim().to_owned();
+    if value.len() < MIN_LEN {
+        bail!(
+            "the secret in {} is shorter than {MIN_LEN} bytes",
+            path.display()
+        );
+    }
+    Ok(value)
+}
+
+fn check_private(path: &Path) -> Result<()> {
+    let mode = fs::metadata(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "the secret file {} is open to group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// [`resolve`] with the variable's value passed in.
 fn resolve_from(env: Option<std::ffi::OsString>, db: &Path) -> Result<(String, Source)> {
     if let Some(value) = env {
-        let Some(value) = value.to_str().map(str::to_owned) else {
-            bail!("{ENV_VAR} is not valid UTF-8");
-        };
-        if value.len() < MIN_LEN {
-            bail!(
-                "{ENV_VAR} is {} bytes long; it must be at least {MIN_LEN} bytes",
-                value.len()
-            );
-        }
-        return Ok((value, Source::Env));
+        return from_env(value).map(|value| (value, Source::Env));
     }
     let path = file_for(db);
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            let mode = fs::metadata(&path)
-                .with_context(|| format!("cannot read the secret file {}", path.display()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                bail!(
-                    "the secret file {} is open to group or others (mode {:o}); run `chmod 600 {}`",
-                    path.display(),
-                    mode & 0o777,
-                    path.display()
-                );
-            }
-            let value = text.trim().to_owned();
-            if value.len() < MIN_LEN {
-                bail!(
-                    "the secret in {} is shorter than {MIN_LEN} bytes",
-                    path.display()
-                );
-            }
-            Ok((value, Source::File(path)))
-        }
+    match fs::metadata(&path) {
+        Ok(_) => read_file(&path).map(|value| (value, Source::File(path))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = generate()?;
             write_new(&path, &value)?;

@@ -10,7 +10,6 @@ use crate::bindings::exports::sigma::api_keys::auth::Verified;
 use crate::bindings::exports::sigma::api_keys::keys::{
     CreatedKey, Error as KeyError, KeyRecord, Permission,
 };
-use crate::db::Db;
 use crate::runtime::{Ctx, Runtime, Settings, arm_deadline};
 
 /// The sigma-keys component over a SQLite database.
@@ -24,7 +23,7 @@ pub struct Service {
 impl Service {
     /// Opens (creating and migrating) the database and compiles the component.
     pub fn open(db: &Path, settings: &Settings) -> Result<Service> {
-        let db = Arc::new(Db::open(db)?);
+        let db = crate::store::open_sqlite(db)?;
         Ok(Service {
             runtime: Arc::new(Runtime::new(db, settings)?),
         })

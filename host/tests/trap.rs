@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use sigma_keys::db::Db;
 use sigma_keys::runtime::{Runtime, Settings};
 use sigma_keys::server::{self, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +24,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test]
 async fn a_guest_panic_is_a_500_for_that_request_only() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Db::open(&dir.path().join("keys.db")).unwrap());
+    let db = sigma_keys::store::open_sqlite(&dir.path().join("keys.db")).unwrap();
     let runtime =
         Arc::new(Runtime::from_component(PANICKING_GUEST, db, &Settings::default()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -8,6 +8,9 @@ mod cli;
 mod durability;
 mod limits;
 mod management;
+mod multi_node;
+#[path = "../pg_cluster.rs"]
+mod pg_cluster;
 mod proxy;
 mod stock_host;
 mod story;

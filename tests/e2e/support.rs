@@ -31,6 +31,10 @@ pub struct Server {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
+    /// What `--db` is given: `db`, or a PostgreSQL URL.
+    pub db_arg: String,
+    /// Extra environment (the shared JWT secret on PostgreSQL).
+    env: Vec<(String, String)>,
     args: Vec<String>,
     starts: usize,
 }
@@ -38,13 +42,24 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh database with extra `serve` arguments.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_on(None, &[], args)
+    }
+
+    /// Starts a server on `db` (a SQLite file in a new directory when
+    /// `None`), with extra environment and `serve` arguments.
+    pub fn start_on(db: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("keys.db");
+        let path = dir.path().join("keys.db");
         let mut server = Server {
             child: None,
             addr: "127.0.0.1:0".parse().expect("addr"),
+            db_arg: db.map_or_else(|| path.display().to_string(), str::to_owned),
+            db: path,
             dir,
-            db,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
         };
@@ -78,8 +93,9 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--db")
-            .arg(&self.db)
+            .arg(&self.db_arg)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -112,6 +128,15 @@ impl Server {
         self.launch();
     }
 
+    /// SIGTERM, and wait for the process to exit; its exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().ok()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill(); // SIGKILL
@@ -123,7 +148,8 @@ impl Server {
     pub fn token(&self, tenant: &str) -> String {
         let out = cli()
             .args(["token", "--tenant", tenant, "--sub", "e2e", "--db"])
-            .arg(&self.db)
+            .arg(&self.db_arg)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("token");
         assert!(

@@ -32,12 +32,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
-use crate::bindings::sigma::api_keys::store::{Permission, StoreError, StoredKey as KeyRecord};
+use super::cache::KeyCache;
+use super::{
+    KeyRecord, KeyStore, Permission, StoreError, USE_FLUSH_INTERVAL, permission_named,
+    permissions_to_text,
+};
 
 /// The longest any call waits for another connection's lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often collected `lastUsedAt` values are written.
-pub const USE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Entries kept in `key_changes`; a reader that falls further behind than
 /// this empties its whole cache.
 const KEPT_CHANGES: i64 = 10_000;
@@ -98,19 +100,7 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT (tenant) DO UPDATE SET keys = keys + 1;
     END;",
 ];
-/// Permission names as stored; they never change once written.
-const PERMISSION_NAMES: [(Permission, &str); 5] = [
-    (Permission::Read, "read"),
-    (Permission::UpdateData, "update-data"),
-    (Permission::DeleteData, "delete-data"),
-    (Permission::UpdateModel, "update-model"),
-    (Permission::DeleteModel, "delete-model"),
-];
-
 const COLUMNS: &str = "id, tenant, name, permissions, created_at, last_used_at, deactivated_at";
-
-/// Records found by hash, kept at most this many at once.
-const MAX_CACHED_KEYS: usize = 100_000;
 
 /// The bytes of SQLite's WAL-index header that every commit rewrites: the two
 /// 48-byte copies of `WalIndexHdr` at the start of `<db>-shm`
@@ -191,39 +181,11 @@ impl CommitWatch {
     }
 }
 
-/// Records found by hash, valid while the database's stamp stays `stamp`
-/// (after applying every change up to `seen`).
-#[derive(Default)]
-struct HashCache {
+/// The cache and the database stamp it is valid for (after applying every
+/// change up to `keys.seen`).
+struct SqliteCache {
     stamp: Option<Stamp>,
-    /// The last `key_changes.seq` applied.
-    seen: i64,
-    entries: HashMap<[u8; 32], KeyRecord>,
-    /// The hash of each cached key id, to update `last_used_at` in place.
-    hashes: HashMap<String, [u8; 32]>,
-}
-
-impl HashCache {
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.hashes.clear();
-    }
-
-    fn evict(&mut self, hash: &[u8]) {
-        if let Ok(hash) = <[u8; 32]>::try_from(hash)
-            && let Some(record) = self.entries.remove(&hash)
-        {
-            self.hashes.remove(&record.id);
-        }
-    }
-
-    fn insert(&mut self, hash: [u8; 32], record: KeyRecord) {
-        if self.entries.len() >= MAX_CACHED_KEYS {
-            self.clear();
-        }
-        self.hashes.insert(record.id.clone(), hash);
-        self.entries.insert(hash, record);
-    }
+    keys: KeyCache,
 }
 
 /// `lastUsedAt` values waiting to be written, by key id.
@@ -251,7 +213,7 @@ pub struct Db {
     /// Before the connections too: its last write needs the database open.
     _use_writer: UseWriter,
     pending: PendingUses,
-    cache: Mutex<HashCache>,
+    cache: Mutex<SqliteCache>,
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
@@ -278,9 +240,9 @@ impl Db {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
-            cache: Mutex::new(HashCache {
-                seen,
-                ..HashCache::default()
+            cache: Mutex::new(SqliteCache {
+                stamp: None,
+                keys: KeyCache::new(seen),
             }),
         })
     }
@@ -365,7 +327,7 @@ impl Db {
         if cache.stamp != Some(stamp) {
             return None;
         }
-        cache.entries.get(&key).cloned()
+        cache.keys.get(&key).cloned()
     }
 
     pub fn find_by_hash(&self, hash: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
@@ -377,7 +339,7 @@ impl Db {
         if self.cache.lock().map_err(|_| poisoned())?.stamp != Some(stamp) {
             self.catch_up(stamp)?;
         }
-        if let Some(found) = self.cache.lock().map_err(|_| poisoned())?.entries.get(&key) {
+        if let Some(found) = self.cache.lock().map_err(|_| poisoned())?.keys.get(&key) {
             return Ok(Some(found.clone()));
         }
         // Read without holding the cache; keep the result only if nothing was
@@ -388,7 +350,8 @@ impl Db {
             if let Ok(mut cache) = self.cache.lock()
                 && cache.stamp == Some(stamp)
             {
-                cache.insert(key, record.clone());
+                let generation = cache.keys.generation();
+                cache.keys.insert_if(generation, &key, record.clone());
             }
         }
         Ok(found)
@@ -399,7 +362,7 @@ impl Db {
     /// whole cache is emptied: it is never trusted blind.
     fn catch_up(&self, stamp: Stamp) -> Result<(), StoreError> {
         let seen = match self.cache.lock() {
-            Ok(cache) => cache.seen,
+            Ok(cache) => cache.keys.seen,
             Err(_) => return Err(StoreError::Unavailable("the key cache is poisoned".into())),
         };
         let changes = self.read(|c| {
@@ -423,17 +386,17 @@ impl Db {
             Ok((oldest, rows)) => {
                 if oldest.is_some_and(|oldest| oldest > seen.saturating_add(1)) {
                     // Pruned past what we saw: some changes are unknown.
-                    cache.clear();
+                    cache.keys.clear();
                 }
                 for (seq, hash) in &rows {
-                    cache.evict(hash);
-                    cache.seen = cache.seen.max(*seq);
+                    cache.keys.evict(hash);
+                    cache.keys.seen = cache.keys.seen.max(*seq);
                 }
                 cache.stamp = Some(stamp);
                 Ok(())
             }
             Err(e) => {
-                cache.clear();
+                cache.keys.clear();
                 cache.stamp = None;
                 Err(e)
             }
@@ -508,6 +471,21 @@ impl Db {
         })
     }
 
+    /// Every key with its hash, in creation order (for `sigma-keys migrate`).
+    pub fn export(&self) -> Result<Vec<(KeyRecord, Vec<u8>)>, StoreError> {
+        let mut all = self.read(|c| {
+            c.prepare(&format!(
+                "SELECT {COLUMNS}, key_hash FROM api_keys ORDER BY created_at, rowid"
+            ))?
+            .query_map([], |row| Ok((record(row)?, row.get::<_, Vec<u8>>(7)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        for (key, _) in &mut all {
+            self.with_pending_use(key);
+        }
+        Ok(all)
+    }
+
     /// Shows a use that is not written yet.
     fn with_pending_use(&self, record: &mut KeyRecord) {
         if let Some(at) = self
@@ -522,20 +500,16 @@ impl Db {
 
     /// Notes a use; written with the others within [`USE_FLUSH_INTERVAL`].
     /// Never waits for the database.
-    pub fn record_use(&self, id: &str, at: u64) -> Result<(), StoreError> {
+    pub fn record_use(&self, id: &str, at: u64) {
         if let Ok(mut pending) = self.pending.lock() {
             let entry = pending.entry(id.to_owned()).or_insert(at);
             *entry = (*entry).max(at);
         }
         // The cached record shows the use at once, so the component does not
         // ask again within the interval.
-        if let Ok(mut cache) = self.cache.lock()
-            && let Some(hash) = cache.hashes.get(id).copied()
-            && let Some(record) = cache.entries.get_mut(&hash)
-        {
-            record.last_used_at = record.last_used_at.max(Some(at));
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.keys.note_use(id, at);
         }
-        Ok(())
     }
 
     /// Writes every collected use now (also done on drop and every interval).
@@ -691,34 +665,17 @@ fn from_sql_time(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn permissions_to_text(permissions: &[Permission]) -> String {
-    let names: Vec<&str> = permissions
-        .iter()
-        .filter_map(|p| {
-            PERMISSION_NAMES
-                .iter()
-                .find(|(q, _)| q == p)
-                .map(|(_, n)| *n)
-        })
-        .collect();
-    names.join(",")
-}
-
 fn permissions_from_text(text: &str) -> rusqlite::Result<Vec<Permission>> {
     text.split(',')
         .filter(|s| !s.is_empty())
         .map(|name| {
-            PERMISSION_NAMES
-                .iter()
-                .find(|(_, n)| *n == name)
-                .map(|(p, _)| *p)
-                .ok_or_else(|| {
-                    rusqlite::Error::InvalidColumnType(
-                        3,
-                        format!("permission {name}"),
-                        rusqlite::types::Type::Text,
-                    )
-                })
+            permission_named(name).ok_or_else(|| {
+                rusqlite::Error::InvalidColumnType(
+                    3,
+                    format!("permission {name}"),
+                    rusqlite::types::Type::Text,
+                )
+            })
         })
         .collect()
 }
@@ -733,6 +690,82 @@ fn record(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         last_used_at: row.get::<_, Option<i64>>(5)?.map(from_sql_time),
         deactivated_at: row.get::<_, Option<i64>>(6)?.map(from_sql_time),
     })
+}
+
+/// [`Db`] as a [`KeyStore`]: each call runs on tokio's blocking pool, so no
+/// async worker waits for SQLite's lock; a cached key is answered inline.
+pub struct SqliteStore {
+    db: Arc<Db>,
+}
+
+impl SqliteStore {
+    pub fn new(db: Db) -> SqliteStore {
+        SqliteStore { db: Arc::new(db) }
+    }
+
+    /// The database, for direct (blocking) use.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || call(&db))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Unavailable(format!(
+                    "the store call failed: {e}"
+                )))
+            })
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert(
+        &self,
+        key: KeyRecord,
+        hash: Vec<u8>,
+        tenant_limit: u32,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |db| db.insert(&key, &hash, tenant_limit))
+            .await
+    }
+    fn cached(&self, hash: &[u8]) -> Option<KeyRecord> {
+        self.db.cached(hash)
+    }
+    async fn find_by_hash(&self, hash: Vec<u8>) -> Result<Option<KeyRecord>, StoreError> {
+        self.blocking(move |db| db.find_by_hash(&hash)).await
+    }
+    async fn list(&self, tenant: String) -> Result<Vec<KeyRecord>, StoreError> {
+        self.blocking(move |db| db.list(&tenant)).await
+    }
+    async fn deactivate(
+        &self,
+        tenant: String,
+        id: String,
+        at: u64,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.blocking(move |db| db.deactivate(&tenant, &id, at))
+            .await
+    }
+    async fn remove(&self, tenant: String, id: String) -> Result<bool, StoreError> {
+        self.blocking(move |db| db.remove(&tenant, &id)).await
+    }
+    fn record_use(&self, id: &str, at: u64) {
+        self.db.record_use(id, at);
+    }
+    async fn flush_uses(&self) -> Result<(), StoreError> {
+        self.blocking(|db| db.flush_uses()).await
+    }
+    async fn close(&self) {
+        if let Err(e) = self.flush_uses().await {
+            tracing::warn!("could not write the last lastUsedAt values: {e:?}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -792,8 +825,8 @@ mod tests {
             db.deactivate("t", "a", 9).unwrap().unwrap().deactivated_at,
             Some(5)
         );
-        db.record_use("a", 100).unwrap();
-        db.record_use("a", 50).unwrap();
+        db.record_use("a", 100);
+        db.record_use("a", 50);
         let k = db.find_by_hash(&[1; 32]).unwrap().unwrap();
         assert_eq!((k.last_used_at, k.deactivated_at), (Some(100), Some(5)));
         db.flush_uses().unwrap();
@@ -802,7 +835,7 @@ mod tests {
         assert_eq!((k.last_used_at, k.deactivated_at), (Some(100), Some(5)));
         assert!(!db.remove("other", "a").unwrap());
         assert!(db.remove("t", "a").unwrap());
-        db.record_use("a", 200).unwrap();
+        db.record_use("a", 200);
         assert!(db.find_by_hash(&[1; 32]).unwrap().is_none());
     }
 
@@ -819,7 +852,7 @@ mod tests {
         db.deactivate("t", "a", 5).unwrap();
         let k = db.find_by_hash(&[1; 32]).unwrap().unwrap();
         assert_eq!(k.deactivated_at, Some(5));
-        db.record_use("a", 7).unwrap();
+        db.record_use("a", 7);
         assert_eq!(
             db.find_by_hash(&[1; 32]).unwrap().unwrap().last_used_at,
             Some(7)
@@ -906,7 +939,7 @@ mod tests {
         // Another process deactivates b and records a use of c.
         let other = Db::open(&path).unwrap();
         other.deactivate("t", "b", 9).unwrap();
-        other.record_use("c", 11).unwrap();
+        other.record_use("c", 11);
         other.flush_uses().unwrap();
         assert!(db.cached(&[1; 32]).is_none(), "unknown until caught up");
         assert_eq!(
@@ -941,7 +974,7 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(db.cached(&[1; 32]).is_some(), "cached keys keep working");
         assert_eq!(db.find_by_hash(&[2; 32]).unwrap().unwrap().name, "n");
-        db.record_use("a", 5).unwrap();
+        db.record_use("a", 5);
         assert!(
             started.elapsed() < Duration::from_millis(200),
             "lookups never wait"

@@ -1,0 +1,312 @@
+//! The store conformance suite: every backend must pass every case.
+//!
+//! Each case gets a way to open the same store again (a second "node" or
+//! process), so the invalidation contract is tried across stores, not only
+//! within one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{KeyRecord, KeyStore, Location, Options, Permission, StoreError};
+
+#[path = "../../../tests/pg_cluster.rs"]
+mod pg_cluster;
+
+/// The staleness bound the Postgres cases run with.
+const BOUND: Duration = Duration::from_millis(500);
+
+/// Opens the store under test again, as another node would.
+struct Backend {
+    location: Location,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        Backend {
+            location: Location::Sqlite(dir.path().join("keys.db")),
+            _dir: Some(dir),
+        }
+    }
+
+    fn postgres() -> Backend {
+        Backend {
+            location: pg_cluster::database_url().parse().unwrap(),
+            _dir: None,
+        }
+    }
+
+    /// How long after a write another store may still accept the key:
+    /// SQLite's commit watch is checked on every lookup.
+    fn bound(&self) -> Duration {
+        match self.location {
+            Location::Sqlite(_) => Duration::ZERO,
+            Location::Postgres(_) => BOUND,
+        }
+    }
+
+    async fn open(&self) -> Arc<dyn KeyStore> {
+        super::open(
+            &self.location,
+            &Options {
+                max_staleness: BOUND,
+            },
+        )
+        .await
+        .unwrap()
+    }
+}
+
+fn key(id: &str, tenant: &str, at: u64) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        tenant: tenant.into(),
+        name: format!("name of {id}"),
+        permissions: vec![Permission::Read, Permission::DeleteModel],
+        created_at: at,
+        last_used_at: None,
+        deactivated_at: None,
+    }
+}
+
+fn hash(n: u8) -> Vec<u8> {
+    vec![n; 32]
+}
+
+async fn round_trip(backend: Backend) {
+    let store = backend.open().await;
+    store.insert(key("b", "t", 20), hash(2), 100).await.unwrap();
+    store.insert(key("a", "t", 10), hash(1), 100).await.unwrap();
+    store.insert(key("c", "t", 20), hash(3), 100).await.unwrap();
+    store
+        .insert(key("x", "other", 5), hash(9), 100)
+        .await
+        .unwrap();
+    let ids: Vec<String> = store
+        .list("t".into())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(
+        ids,
+        ["a", "b", "c"],
+        "oldest first, then in insertion order"
+    );
+    assert_eq!(
+        store.find_by_hash(hash(1)).await.unwrap(),
+        Some(key("a", "t", 10))
+    );
+    assert_eq!(store.find_by_hash(hash(7)).await.unwrap(), None);
+    assert_eq!(
+        store.insert(key("a", "t", 30), hash(4), 100).await,
+        Err(StoreError::Conflict),
+        "a duplicate id"
+    );
+    assert_eq!(
+        store.insert(key("d", "t", 30), hash(1), 100).await,
+        Err(StoreError::Conflict),
+        "a duplicate hash"
+    );
+    assert!(store.list("nobody".into()).await.unwrap().is_empty());
+    store.close().await;
+}
+
+async fn limits_hold_under_racing_creates(backend: Backend) {
+    let store = backend.open().await;
+    let other = backend.open().await;
+    let mut racing = Vec::new();
+    for i in 0..20u8 {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
+        racing.push(tokio::spawn(async move {
+            s.insert(key(&format!("k{i}"), "t", 1), hash(i), 5).await
+        }));
+    }
+    let mut created = 0;
+    for r in racing {
+        match r.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(StoreError::LimitReached) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(created, 5);
+    assert_eq!(store.list("t".into()).await.unwrap().len(), 5);
+    // A delete makes room again.
+    let first = store.list("t".into()).await.unwrap()[0].id.clone();
+    assert!(store.remove("t".into(), first).await.unwrap());
+    store
+        .insert(key("again", "t", 2), hash(100), 5)
+        .await
+        .unwrap();
+    store.close().await;
+    other.close().await;
+}
+
+async fn deactivate_and_remove(backend: Backend) {
+    let store = backend.open().await;
+    store.insert(key("a", "t", 1), hash(1), 100).await.unwrap();
+    assert_eq!(
+        store
+            .deactivate("other".into(), "a".into(), 5)
+            .await
+            .unwrap(),
+        None,
+        "another tenant's key"
+    );
+    let first = store.deactivate("t".into(), "a".into(), 5).await.unwrap();
+    assert_eq!(first.unwrap().deactivated_at, Some(5));
+    let again = store.deactivate("t".into(), "a".into(), 9).await.unwrap();
+    assert_eq!(
+        again.unwrap().deactivated_at,
+        Some(5),
+        "the first time stays"
+    );
+    assert!(!store.remove("other".into(), "a".into()).await.unwrap());
+    assert!(store.remove("t".into(), "a".into()).await.unwrap());
+    assert!(!store.remove("t".into(), "a".into()).await.unwrap());
+    assert_eq!(store.find_by_hash(hash(1)).await.unwrap(), None);
+    store.close().await;
+}
+
+async fn uses_are_written_and_never_resurrect(backend: Backend) {
+    let store = backend.open().await;
+    store.insert(key("a", "t", 1), hash(1), 100).await.unwrap();
+    store.record_use("a", 100);
+    store.record_use("a", 50);
+    assert_eq!(
+        store
+            .find_by_hash(hash(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(100),
+        "a noted use shows before it is written"
+    );
+    store.flush_uses().await.unwrap();
+    let other = backend.open().await;
+    assert_eq!(
+        other.list("t".into()).await.unwrap()[0].last_used_at,
+        Some(100)
+    );
+    store.deactivate("t".into(), "a".into(), 150).await.unwrap();
+    store.record_use("a", 200);
+    store.flush_uses().await.unwrap();
+    let read = other.find_by_hash(hash(1)).await.unwrap().unwrap();
+    assert_eq!(read.deactivated_at, Some(150), "a use never reactivates");
+    // Pending uses are written by close.
+    store.record_use("a", 300);
+    store.close().await;
+    assert_eq!(
+        other.list("t".into()).await.unwrap()[0].last_used_at,
+        Some(300)
+    );
+    other.close().await;
+}
+
+/// Two writers race to deactivate and delete the same keys: every call
+/// answers, and the end state is one of the two orders.
+async fn racing_deactivate_and_delete(backend: Backend) {
+    let a = backend.open().await;
+    let b = backend.open().await;
+    for i in 0..20u8 {
+        let id = format!("k{i}");
+        a.insert(key(&id, "t", 1), hash(i), 100).await.unwrap();
+        let (x, y) = (a.clone(), b.clone());
+        let (i1, i2) = (id.clone(), id.clone());
+        let deactivate = tokio::spawn(async move { x.deactivate("t".into(), i1, 7).await });
+        let remove = tokio::spawn(async move { y.remove("t".into(), i2).await });
+        let deactivated = deactivate.await.unwrap().unwrap();
+        assert!(remove.await.unwrap().unwrap(), "the delete found the key");
+        if let Some(record) = deactivated {
+            assert_eq!(record.deactivated_at, Some(7));
+        }
+        assert_eq!(a.find_by_hash(hash(i)).await.unwrap(), None);
+        assert_eq!(b.find_by_hash(hash(i)).await.unwrap(), None);
+    }
+    a.close().await;
+    b.close().await;
+}
+
+/// A key that one store deactivates or deletes is refused by another that
+/// had it cached, within the bound (at once on SQLite); the time is printed.
+async fn another_store_refuses_within_the_bound(backend: Backend) {
+    let bound = backend.bound();
+    let writer = backend.open().await;
+    let reader = backend.open().await;
+    for (n, delete) in [(1u8, false), (2, true)] {
+        let id = format!("k{n}");
+        writer.insert(key(&id, "t", 1), hash(n), 100).await.unwrap();
+        // Cached on the reader (read twice, the second from the cache once it is current).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reader.cached(&hash(n)).is_none() {
+            assert!(reader.find_by_hash(hash(n)).await.unwrap().is_some());
+            assert!(Instant::now() < deadline, "the reader never cached the key");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if delete {
+            assert!(writer.remove("t".into(), id).await.unwrap());
+        } else {
+            writer.deactivate("t".into(), id, 5).await.unwrap();
+        }
+        let acknowledged = Instant::now();
+        loop {
+            let seen = reader.find_by_hash(hash(n)).await.unwrap();
+            if seen.is_none_or(|k| k.deactivated_at.is_some()) {
+                break;
+            }
+            assert!(
+                acknowledged.elapsed() <= bound,
+                "still accepted {:?} after the write",
+                acknowledged.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        eprintln!(
+            "{}: refused by the other store {:?} after the write",
+            if delete { "delete" } else { "deactivate" },
+            acknowledged.elapsed()
+        );
+    }
+    writer.close().await;
+    reader.close().await;
+}
+
+macro_rules! both {
+    ($($name:ident;)*) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::postgres()).await;
+                }
+            )*
+        }
+    };
+}
+
+both! {
+    round_trip;
+    limits_hold_under_racing_creates;
+    deactivate_and_remove;
+    uses_are_written_and_never_resurrect;
+    racing_deactivate_and_delete;
+    another_store_refuses_within_the_bound;
+}
