@@ -259,6 +259,9 @@ fn main() -> Result<()> {
     if run("startup") {
         startup(&o, runs, &mut report)?;
     }
+    if run("multi_node") {
+        multi_node(&o, runs, &mut report)?;
+    }
 
     std::fs::create_dir_all(&o.out)?;
     let path = o.out.join("report.json");
@@ -290,7 +293,9 @@ fn verify_inprocess(
         "domain code, in-memory store",
     );
     let dir = tempfile::tempdir()?;
-    let sqlite = native_db::NativeDb(sigma_keys::store::sqlite::Db::open(&dir.path().join("n.db"))?);
+    let sqlite = native_db::NativeDb(sigma_keys::store::sqlite::Db::open(
+        &dir.path().join("n.db"),
+    )?);
     report.add(
         "verify_inprocess.native_sqlite",
         native_verify_ns(&sqlite, calls, runs)?,
@@ -1018,5 +1023,264 @@ fn startup(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         "bool",
         &format!("cached start {cached_ms:.0} ms < 300 ms"),
     );
+    Ok(())
+}
+
+// ---- 6. several nodes on PostgreSQL ---------------------------------------
+
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[path = "../../tests/pg_cluster.rs"]
+mod pg_cluster;
+
+/// The shared JWT secret of the nodes on PostgreSQL.
+const NODE_SECRET: &str = "bench-shared-secret-for-every-node-0123456789";
+
+fn serve_on(bin: &Path, db: &str, extra: &[&str]) -> Result<Serve> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--db", db])
+        .args(extra)
+        .env("SIGMA_KEYS_LOG", "warn")
+        .env("SIGMA_JWT_SECRET", NODE_SECRET)
+        .stderr(Stdio::null());
+    child(&mut cmd)
+}
+
+fn token_on(bin: &Path, db: &str) -> Result<String> {
+    let out = Command::new(bin)
+        .args(["token", "--tenant", "bench", "--ttl", "2h", "--db", db])
+        .env("SIGMA_JWT_SECRET", NODE_SECRET)
+        .output()?;
+    if !out.status.success() {
+        bail!("token failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn verify_valid(addr: SocketAddr, raw: &str) -> Result<bool> {
+    let body = json!({"key": raw, "permission": "read"}).to_string();
+    let (status, text) = http(addr, "POST", "/api/v1/api-keys/verify", &[], &body)?;
+    if status != 200 {
+        bail!("verify answered {status}: {text}");
+    }
+    Ok(serde_json::from_str::<Value>(&text)?["valid"] == true)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Three nodes on one throwaway PostgreSQL: how fast a deactivation on one
+/// reaches the others, and what PostgreSQL costs against SQLite on the hot
+/// paths (cache hits both).
+fn multi_node(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
+    let secs = if o.quick { 2 } else { 5 };
+    let revocations = if o.quick { 20 } else { 200 };
+    let cluster = pg_cluster::PgCluster::start();
+    let url = cluster.new_database();
+    let upstream_server = child(Command::new(std::env::current_exe()?).arg("upstream"))?;
+    let up = format!("http://{}", upstream_server.addr);
+    let plain_proxy = child(
+        Command::new(std::env::current_exe()?)
+            .args(["plain-proxy", &upstream_server.addr.to_string()]),
+    )?;
+    let nodes = [
+        serve_on(&o.server, &url, &["--upstream", &up])?,
+        serve_on(&o.server, &url, &["--upstream", &up])?,
+        serve_on(&o.server, &url, &["--upstream", &up])?,
+    ];
+    let bearer = token_on(&o.server, &url)?;
+    let auth = format!("Bearer {bearer}");
+
+    // Revocation propagation: from the deactivation's 200 on one node to the
+    // first refusal on each other node, polling both in turn.
+    let mut times_ms = Vec::new();
+    for i in 0..revocations {
+        let writer = &nodes[i % 3];
+        let others = [&nodes[(i + 1) % 3], &nodes[(i + 2) % 3]];
+        let raw = create_key(writer.addr, &bearer)?;
+        for n in others {
+            // Twice: the second answer comes from the node's cache.
+            verify_valid(n.addr, &raw)?;
+            if !verify_valid(n.addr, &raw)? {
+                bail!("a new key was refused by another node");
+            }
+        }
+        let id = {
+            let (status, body) = http(
+                writer.addr,
+                "GET",
+                "/api/v1/api-keys",
+                &[("Authorization", &auth)],
+                "",
+            )?;
+            if status != 200 {
+                bail!("list failed: {status}");
+            }
+            let list: Value = serde_json::from_str(&body)?;
+            list.as_array()
+                .and_then(|a| a.last())
+                .and_then(|k| k["id"].as_str())
+                .context("no key listed")?
+                .to_owned()
+        };
+        let (status, body) = http(
+            writer.addr,
+            "POST",
+            &format!("/api/v1/api-keys/{id}/deactivate"),
+            &[("Authorization", &auth)],
+            "",
+        )?;
+        if status != 200 {
+            bail!("deactivate failed: {status} {body}");
+        }
+        let acknowledged = Instant::now();
+        let mut pending: Vec<&Serve> = others.to_vec();
+        while !pending.is_empty() {
+            if acknowledged.elapsed() > Duration::from_secs(5) {
+                bail!("a node still accepted a deactivated key after 5 s");
+            }
+            let mut still = Vec::new();
+            for n in pending {
+                if verify_valid(n.addr, &raw)? {
+                    still.push(n);
+                } else {
+                    times_ms.push(acknowledged.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            pending = still;
+        }
+    }
+    times_ms.sort_by(f64::total_cmp);
+    let note = format!("{revocations} deactivations, each seen by 2 other nodes");
+    report.add(
+        "multi_node.revocation.p50",
+        percentile(&times_ms, 50.0),
+        "ms",
+        &note,
+    );
+    report.add(
+        "multi_node.revocation.p99",
+        percentile(&times_ms, 99.0),
+        "ms",
+        &note,
+    );
+    report.add(
+        "multi_node.revocation.max",
+        percentile(&times_ms, 100.0),
+        "ms",
+        &note,
+    );
+    let p99 = percentile(&times_ms, 99.0);
+    report.add(
+        "multi_node.revocation.p99_under_100ms",
+        if p99 < 100.0 { 1.0 } else { 0.0 },
+        "bool",
+        &format!(
+            "target p99 < 100 ms: {}",
+            if p99 < 100.0 { "met" } else { "NOT met" }
+        ),
+    );
+
+    // The hot paths on PostgreSQL against SQLite, in the same run.
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("k.db");
+    let sqlite = serve(&o.server, &db, &["--upstream", &up], None)?;
+    let sqlite_key = create_key(sqlite.addr, &token(&o.server, &db)?)?;
+    let pg_key = create_key(nodes[0].addr, &bearer)?;
+    for (name, addr, raw, note) in [
+        (
+            "multi_node.verify_sqlite",
+            sqlite.addr,
+            &sqlite_key,
+            "verify endpoint, SQLite node",
+        ),
+        (
+            "multi_node.verify_postgres",
+            nodes[0].addr,
+            &pg_key,
+            "verify endpoint, PostgreSQL node",
+        ),
+    ] {
+        let body = json!({"key": raw, "permission": "read"}).to_string();
+        let script = lua_post(
+            dir.path(),
+            &format!("{name}.lua"),
+            &body,
+            &[("Content-Type", "application/json")],
+        )?;
+        let measured = load(
+            &format!("http://{addr}/api/v1/api-keys/verify"),
+            64,
+            secs,
+            &[],
+            Some(&script),
+            runs,
+        )?;
+        add_load(report, name, &measured, note);
+    }
+    report.compare(
+        "multi_node.verify_postgres.rps",
+        "multi_node.verify_sqlite.rps",
+        Target::AtLeast(0.9),
+    );
+    let plain = load(
+        &format!("http://{}/api/v1/records", plain_proxy.addr),
+        64,
+        secs,
+        &[],
+        None,
+        runs,
+    )?;
+    add_load(
+        report,
+        "multi_node.plain_proxy",
+        &plain,
+        "native hyper proxy, no auth",
+    );
+    for (name, addr, raw, note) in [
+        (
+            "multi_node.proxy_sqlite",
+            sqlite.addr,
+            &sqlite_key,
+            "gateway, SQLite node",
+        ),
+        (
+            "multi_node.proxy_postgres",
+            nodes[0].addr,
+            &pg_key,
+            "gateway, PostgreSQL node",
+        ),
+    ] {
+        let key = format!("X-Sigma-ApiKey: {raw}");
+        let measured = load(
+            &format!("http://{addr}/api/v1/records"),
+            64,
+            secs,
+            &[&key],
+            None,
+            runs,
+        )?;
+        add_load(report, name, &measured, note);
+    }
+    report.compare(
+        "multi_node.proxy_sqlite.rps",
+        "multi_node.plain_proxy.rps",
+        Target::None,
+    );
+    report.compare(
+        "multi_node.proxy_postgres.rps",
+        "multi_node.plain_proxy.rps",
+        Target::None,
+    );
+    report.compare(
+        "multi_node.proxy_postgres.rps",
+        "multi_node.proxy_sqlite.rps",
+        Target::AtLeast(0.9),
+    );
+    drop(nodes);
     Ok(())
 }
