@@ -1,8 +1,9 @@
 //! sigma-keys: the API-key service of the Sigma PIM platform, as a library.
 //!
 //! The key logic lives in a WebAssembly component (embedded in this crate at
-//! build time); this crate runs it with wasmtime, stores keys in SQLite and
-//! serves the REST API. Rust services can call the component directly:
+//! build time); this crate runs it with wasmtime, stores keys in SQLite or
+//! PostgreSQL ([`store`]) and serves the REST API. Rust services can call
+//! the component directly:
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

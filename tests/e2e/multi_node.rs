@@ -152,6 +152,72 @@ fn a_listener_killed_by_the_database_still_refuses_within_the_bound() {
     );
 }
 
+/// Resumes stopped processes, even when the test fails.
+struct Resume(Vec<String>);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", pid])
+                .status();
+        }
+    }
+}
+
+/// The listeners' database sessions stop answering without closing (their
+/// server processes get SIGSTOP: a network that drops packets): no
+/// notification, no heartbeat. The node stops trusting its cache within the
+/// bound and refuses the key all the same.
+#[test]
+fn a_stalled_listener_still_refuses_within_the_bound() {
+    let cluster = PgCluster::start(); // its processes are ours to signal
+    let url = cluster.new_database();
+    let db = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (a, b) = (node(&url), node(&url));
+    let (id, raw) = a.create_key("acme", "stalled", &["read"]);
+    assert!(is_valid(&b, &raw));
+    assert!(is_valid(&b, &raw));
+    let pids = cluster.psql(
+        "postgres",
+        &format!(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = '{db}' AND application_name = 'sigma-keys listener'"
+        ),
+    );
+    let pids: Vec<String> = pids.lines().map(str::to_owned).collect();
+    assert_eq!(pids.len(), 2, "both listeners were connected");
+    let _resume = Resume(pids.clone());
+    for pid in &pids {
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", pid])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+    }
+    let r = manage(&a, "POST", &format!("/api/v1/api-keys/{id}/deactivate"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let acknowledged = Instant::now();
+    assert!(
+        !is_valid(&a, &raw),
+        "refused at once by the node that wrote"
+    );
+    let took = refused_after(&b, &raw, acknowledged, BOUND);
+    eprintln!("listeners stalled: refused after {took:?}");
+    // Still refused while the listeners stay stalled (lookups go to the database).
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(!is_valid(&b, &raw));
+    let (_, after) = a.create_key("acme", "after", &["read"]);
+    assert!(is_valid(&b, &after));
+}
+
 /// PostgreSQL stopped with `-m immediate`: every key check and management
 /// call fails closed with 503 (cached keys once the bound has passed), no
 /// node crashes, and all serve again when it returns, without a restart.

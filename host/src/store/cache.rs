@@ -7,6 +7,7 @@
 //! never cached after that change was applied.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::KeyRecord;
 
@@ -93,6 +94,42 @@ impl KeyCache {
     }
 }
 
+/// `lastUsedAt` values noted but not yet written, by key id, shared by a
+/// store and the writer that flushes them; a value only ever moves forward.
+#[derive(Clone, Default)]
+pub struct PendingUses(Arc<Mutex<HashMap<String, u64>>>);
+
+impl PendingUses {
+    pub fn note(&self, id: &str, at: u64) {
+        if let Ok(mut pending) = self.0.lock() {
+            let entry = pending.entry(id.to_owned()).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+    }
+
+    /// Shows a use that is not written yet.
+    pub fn apply(&self, record: &mut KeyRecord) {
+        if let Some(at) = self.0.lock().ok().and_then(|p| p.get(&record.id).copied()) {
+            record.last_used_at = record.last_used_at.max(Some(at));
+        }
+    }
+
+    /// Everything noted so far, to write; empty when there is nothing.
+    pub fn take(&self) -> HashMap<String, u64> {
+        self.0
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+
+    /// Puts back a batch that could not be written, for the next try.
+    pub fn restore(&self, batch: HashMap<String, u64>) {
+        for (id, at) in batch {
+            self.note(&id, at);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +158,20 @@ mod tests {
         assert!(cache.get(&[1; 32]).is_some());
         cache.evict_id("a");
         assert!(cache.get(&[1; 32]).is_none());
+    }
+
+    #[test]
+    fn pending_uses_only_move_forward_and_survive_a_failed_write() {
+        let uses = PendingUses::default();
+        uses.note("a", 10);
+        uses.note("a", 5);
+        let mut r = record("a");
+        uses.apply(&mut r);
+        assert_eq!(r.last_used_at, Some(10));
+        let batch = uses.take();
+        assert!(uses.take().is_empty());
+        uses.note("a", 7);
+        uses.restore(batch);
+        assert_eq!(uses.take().get("a"), Some(&10));
     }
 }

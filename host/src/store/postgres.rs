@@ -23,7 +23,6 @@
 //! one statement per [`USE_FLUSH_INTERVAL`](super::USE_FLUSH_INTERVAL), and
 //! once more by [`KeyStore::close`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +37,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::cache::KeyCache;
+use super::cache::{KeyCache, PendingUses};
 use super::{
     KeyRecord, KeyStore, Options, StoreError, USE_FLUSH_INTERVAL, permission_named,
     permissions_to_text,
@@ -409,8 +408,8 @@ struct Shared {
     pool: Pool,
     cache: Mutex<KeyCache>,
     feed: Feed,
-    /// `lastUsedAt` values waiting to be written, by key id.
-    pending: Mutex<HashMap<String, u64>>,
+    /// `lastUsedAt` values waiting to be written.
+    pending: PendingUses,
 }
 
 /// The PostgreSQL database behind the store.
@@ -468,7 +467,7 @@ impl PgStore {
                 max_staleness: options.max_staleness,
                 reconnects: AtomicU64::new(0),
             },
-            pending: Mutex::new(HashMap::new()),
+            pending: PendingUses::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
@@ -552,15 +551,7 @@ impl PgStore {
     }
 
     fn with_pending_use(&self, record: &mut KeyRecord) {
-        if let Some(at) = self
-            .shared
-            .pending
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&record.id).copied())
-        {
-            record.last_used_at = record.last_used_at.max(Some(at));
-        }
+        self.shared.pending.apply(record);
     }
 
     fn evict_id(&self, id: &str) {
@@ -759,10 +750,7 @@ impl KeyStore for PgStore {
     }
 
     fn record_use(&self, id: &str, at: u64) {
-        if let Ok(mut pending) = self.shared.pending.lock() {
-            let entry = pending.entry(id.to_owned()).or_insert(at);
-            *entry = (*entry).max(at);
-        }
+        self.shared.pending.note(id, at);
         if let Ok(mut cache) = self.shared.cache.lock() {
             cache.note_use(id, at);
         }
@@ -965,10 +953,10 @@ async fn write_uses(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 
 /// Writes the collected uses in one statement; on failure they are kept.
 async fn flush_uses(shared: &Shared) -> Result<(), StoreError> {
-    let batch: HashMap<String, u64> = match shared.pending.lock() {
-        Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
-        _ => return Ok(()),
-    };
+    let batch = shared.pending.take();
+    if batch.is_empty() {
+        return Ok(());
+    }
     let (ids, times): (Vec<&str>, Vec<i64>) = batch
         .iter()
         .map(|(id, at)| (id.as_str(), to_sql_time(*at)))
@@ -998,13 +986,8 @@ async fn flush_uses(shared: &Shared) -> Result<(), StoreError> {
                 "the database did not answer in time".into(),
             ))
         });
-    if written.is_err()
-        && let Ok(mut p) = shared.pending.lock()
-    {
-        for (id, at) in batch {
-            let entry = p.entry(id).or_insert(at);
-            *entry = (*entry).max(at);
-        }
+    if written.is_err() {
+        shared.pending.restore(batch);
     }
     written.map(|_| ())
 }

@@ -21,7 +21,6 @@
 //! memory and written in one transaction per [`USE_FLUSH_INTERVAL`] by a
 //! thread of their own (a `kill -9` may lose the last interval's uses).
 
-use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -32,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
-use super::cache::KeyCache;
+use super::cache::{KeyCache, PendingUses};
 use super::{
     KeyRecord, KeyStore, Permission, StoreError, USE_FLUSH_INTERVAL, permission_named,
     permissions_to_text,
@@ -187,9 +186,6 @@ struct SqliteCache {
     stamp: Option<Stamp>,
     keys: KeyCache,
 }
-
-/// `lastUsedAt` values waiting to be written, by key id.
-type PendingUses = Arc<Mutex<HashMap<String, u64>>>;
 
 /// The thread that writes collected uses; stopped (after a last write) on drop.
 struct UseWriter {
@@ -486,25 +482,14 @@ impl Db {
         Ok(all)
     }
 
-    /// Shows a use that is not written yet.
     fn with_pending_use(&self, record: &mut KeyRecord) {
-        if let Some(at) = self
-            .pending
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&record.id).copied())
-        {
-            record.last_used_at = record.last_used_at.max(Some(at));
-        }
+        self.pending.apply(record);
     }
 
     /// Notes a use; written with the others within [`USE_FLUSH_INTERVAL`].
     /// Never waits for the database.
     pub fn record_use(&self, id: &str, at: u64) {
-        if let Ok(mut pending) = self.pending.lock() {
-            let entry = pending.entry(id.to_owned()).or_insert(at);
-            *entry = (*entry).max(at);
-        }
+        self.pending.note(id, at);
         // The cached record shows the use at once, so the component does not
         // ask again within the interval.
         if let Ok(mut cache) = self.cache.lock() {
@@ -552,10 +537,10 @@ impl UseWriter {
 
 /// Writes the collected uses in one transaction; on failure they are kept.
 fn flush_uses(conn: &Mutex<Connection>, pending: &PendingUses) -> Result<(), StoreError> {
-    let batch: HashMap<String, u64> = match pending.lock() {
-        Ok(mut p) if !p.is_empty() => std::mem::take(&mut *p),
-        _ => return Ok(()),
-    };
+    let batch = pending.take();
+    if batch.is_empty() {
+        return Ok(());
+    }
     let written = conn
         .lock()
         .map_err(|_| StoreError::Unavailable("the lastUsedAt connection is poisoned".into()))
@@ -577,13 +562,8 @@ fn flush_uses(conn: &Mutex<Connection>, pending: &PendingUses) -> Result<(), Sto
             })()
             .map_err(store_error)
         });
-    if written.is_err()
-        && let Ok(mut p) = pending.lock()
-    {
-        for (id, at) in batch {
-            let entry = p.entry(id).or_insert(at);
-            *entry = (*entry).max(at);
-        }
+    if written.is_err() {
+        pending.restore(batch);
     }
     written
 }
