@@ -215,6 +215,12 @@ impl keys::Guest for Component {
             .map_err(error_to_wit)
     }
 
+    fn get(tenant: String, id: String) -> Result<wit::KeyRecord, wit::Error> {
+        lifecycle::get(&HostStore, &tenant, &id)
+            .map(|r| record_to_wit(&r))
+            .map_err(error_to_wit)
+    }
+
     fn create(
         tenant: String,
         name: String,

@@ -146,6 +146,15 @@ enum KeysCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Show one key (JSON, as GET /api/v1/api-keys/ID)
+    Get {
+        #[arg(long)]
+        tenant: String,
+        /// The key id (apikey-...)
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Create a key and print it once (JSON, as POST /api/v1/api-keys)
     Create {
         #[arg(long)]
@@ -408,6 +417,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 async fn keys(cmd: KeysCommand) -> Result<()> {
     let (tenant, db) = match &cmd {
         KeysCommand::List { tenant, db }
+        | KeysCommand::Get { tenant, db, .. }
         | KeysCommand::Create { tenant, db, .. }
         | KeysCommand::Deactivate { tenant, db, .. }
         | KeysCommand::Delete { tenant, db, .. } => (tenant.clone(), db.location()?),
@@ -445,6 +455,9 @@ async fn keys_command(
             }
             eprintln!("Store the rawKey now: it is shown only this once.");
             v
+        }
+        KeysCommand::Get { id, .. } => {
+            record_json(&service.get(&tenant, &id).await?.map_err(key_error)?)
         }
         KeysCommand::Deactivate { id, .. } => {
             record_json(&service.deactivate(&tenant, &id).await?.map_err(key_error)?)

@@ -56,6 +56,15 @@ impl Service {
             .await?)
     }
 
+    /// One of the tenant's keys.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Result<KeyRecord, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_keys()
+            .call_get(&mut store, tenant, id)
+            .await?)
+    }
+
     /// Creates a key; the raw key in the answer is shown this once.
     pub async fn create(
         &self,

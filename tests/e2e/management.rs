@@ -153,11 +153,18 @@ fn credentials_and_methods() {
             "method_not_allowed",
         ),
         (
-            "GET",
+            "PUT",
             format!("/api/v1/api-keys/{id}"),
             vec![("Authorization", &auth)],
             405,
             "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/api/v1/api-keys/apikey-doesnotexist0000".into(),
+            vec![("Authorization", &auth)],
+            404,
+            "not_found",
         ),
         (
             "GET",
@@ -198,6 +205,57 @@ fn credentials_and_methods() {
         .json();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["active"], true);
+}
+
+/// `GET /api-keys/:id`: the record as listed, for the owning tenant only.
+#[test]
+fn one_key_by_id() {
+    let server = Server::start(&[]);
+    let auth = server.bearer("acme");
+    let (id, raw) = server.create_key("acme", "one", &["read", "update-data"]);
+    server.create_key("acme", "another", &["read"]);
+    let path = format!("/api/v1/api-keys/{id}");
+    let one = server.send("GET", &path, &[("Authorization", &auth)], None);
+    assert_eq!(one.status, 200, "{}", one.text());
+    let list = server
+        .send("GET", "/api/v1/api-keys", &[("Authorization", &auth)], None)
+        .json();
+    assert_eq!(one.json(), list[0]);
+    assert!(!one.text().contains(&raw));
+
+    let other = server.bearer("globex");
+    let r = server.send("GET", &path, &[("Authorization", &other)], None);
+    assert_eq!(r.error(), (404, "not_found".into()), "another tenant's id");
+    let r = server.send("GET", &path, &[("X-Sigma-ApiKey", &raw)], None);
+    assert_eq!(r.error(), (403, "api_key_not_allowed".into()));
+
+    let off = format!("{path}/deactivate");
+    assert_eq!(
+        server
+            .send("POST", &off, &[("Authorization", &auth)], None)
+            .status,
+        200
+    );
+    let after = server
+        .send("GET", &path, &[("Authorization", &auth)], None)
+        .json();
+    assert_eq!(after["active"], false);
+    assert!(after["deactivatedAt"].is_string());
+
+    // The CLI shows the same record.
+    let out = crate::support::cli()
+        .args(["keys", "get", "--tenant", "acme", "--db"])
+        .arg(&server.db)
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown, after);
 }
 
 #[test]

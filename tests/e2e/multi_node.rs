@@ -82,6 +82,8 @@ fn three_nodes_agree_and_a_deactivation_is_refused_everywhere_within_the_bound()
         verify(&a, &raw).json(),
         json!({"valid": false, "code": "api_key_deactivated"})
     );
+    let one = manage(&c, "GET", &format!("/api/v1/api-keys/{id}"));
+    assert_eq!(one.json()["active"], false, "{}", one.text());
 
     // Deleted on C: gone everywhere.
     let (gone_id, gone) = a.create_key("acme", "to delete", &["read"]);

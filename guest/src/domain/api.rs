@@ -403,12 +403,16 @@ fn management(
             Ok(reply(200, keys::deactivate(store, tenant, id)?.to_json()))
         }
         (Management::Deactivate(_), _) => Ok(method_not_allowed("POST")),
+        (Management::Key(id), "GET") => {
+            caller.key_id = Some(id.to_owned());
+            Ok(reply(200, keys::get(store, tenant, id)?.to_json()))
+        }
         (Management::Key(id), "DELETE") => {
             caller.key_id = Some(id.to_owned());
             keys::delete(store, tenant, id)?;
             Ok(reply(200, json!({"deleted": true})))
         }
-        (Management::Key(_), _) => Ok(method_not_allowed("DELETE")),
+        (Management::Key(_), _) => Ok(method_not_allowed("GET, DELETE")),
         (Management::Verify, _) => Ok(method_not_allowed("POST")),
     }
 }

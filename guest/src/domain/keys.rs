@@ -218,6 +218,17 @@ pub fn list(store: &dyn KeyStore, tenant: &str) -> Result<Vec<KeyRecord>, ApiErr
     Ok(store.list(tenant)?)
 }
 
+/// One of the tenant's keys, found among its keys (the store interface has
+/// no lookup by id; a tenant has at most `max-keys-per-tenant` keys).
+pub fn get(store: &dyn KeyStore, tenant: &str, id: &str) -> Result<KeyRecord, ApiError> {
+    check_tenant(tenant)?;
+    store
+        .list(tenant)?
+        .into_iter()
+        .find(|k| k.id == id)
+        .ok_or_else(|| not_found(id))
+}
+
 pub fn create(
     store: &dyn KeyStore,
     tenant: &str,
@@ -441,6 +452,22 @@ mod tests {
         }
         assert!(store.rows.borrow().is_empty());
         assert!(create(&store, "acme", "Zürich \u{1F511} sync", &[Read]).is_ok());
+    }
+
+    #[test]
+    fn one_key_is_found_only_by_its_tenant() {
+        let store = MemoryStore::default();
+        let (key, _) = create(&store, "acme", "k", &[Read]).unwrap();
+        create(&store, "acme", "other", &[Read]).unwrap();
+        assert_eq!(get(&store, "acme", &key.id).unwrap(), key);
+        assert_eq!(code(get(&store, "globex", &key.id)), ErrorCode::NotFound);
+        assert_eq!(
+            code(get(&store, "acme", "apikey-nosuchkey000000")),
+            ErrorCode::NotFound
+        );
+        assert_eq!(code(get(&store, "a b", &key.id)), ErrorCode::InvalidRequest);
+        deactivate(&store, "acme", &key.id).unwrap();
+        assert!(!get(&store, "acme", &key.id).unwrap().active());
     }
 
     #[test]

@@ -366,11 +366,18 @@ fn credentials_are_checked_in_order() {
             "method_not_allowed",
         ),
         (
-            "GET",
+            "PUT",
             "/api/v1/api-keys/apikey-x",
             vec![("authorization", &auth)],
             405,
             "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/api/v1/api-keys/apikey-x",
+            vec![("authorization", &auth)],
+            404,
+            "not_found",
         ),
     ];
     for (method, path, headers, status, expected) in cases {

@@ -45,6 +45,9 @@ impl keys::Guest for Program {
     fn list(_: String) -> Result<Vec<wit::KeyRecord>, wit::Error> {
         panic!("typed call")
     }
+    fn get(_: String, _: String) -> Result<wit::KeyRecord, wit::Error> {
+        panic!("typed call")
+    }
     fn create(
         _: String,
         _: String,
