@@ -422,11 +422,9 @@ async fn keys(cmd: KeysCommand) -> Result<()> {
         | KeysCommand::Deactivate { tenant, db, .. }
         | KeysCommand::Delete { tenant, db, .. } => (tenant.clone(), db.location()?),
     };
-    let store = store::open(&db, &store::Options::default()).await?;
-    let service =
-        Service::from_runtime(Arc::new(Runtime::new(store.clone(), &Settings::default())?));
+    let service = Service::open_at(&db, &store::Options::default(), &Settings::default()).await?;
     let output = keys_command(&service, &tenant, cmd).await;
-    store.close().await;
+    service.close().await;
     println!("{}", serde_json::to_string_pretty(&output?)?);
     Ok(())
 }

@@ -390,6 +390,11 @@ impl Runtime {
         Ok(self.hop_by_hop.get_or_init(|| names).clone())
     }
 
+    /// The key store the component's `store` imports are wired to.
+    pub fn store(&self) -> Arc<dyn KeyStore> {
+        self.db.clone()
+    }
+
     /// The pool of upstream connections.
     pub(crate) fn upstream(&self) -> Arc<crate::upstream_pool::UpstreamPool> {
         self.hooks.pool.clone()

@@ -12,7 +12,7 @@ use crate::bindings::exports::sigma::api_keys::keys::{
 };
 use crate::runtime::{Ctx, Runtime, Settings, arm_deadline};
 
-/// The sigma-keys component over a SQLite database.
+/// The sigma-keys component over a key store (SQLite or PostgreSQL).
 ///
 /// Each call runs in a fresh component instance. The outer `Result` is a host
 /// failure (the component trapped); the inner one is the component's answer.
@@ -27,6 +27,26 @@ impl Service {
         Ok(Service {
             runtime: Arc::new(Runtime::new(db, settings)?),
         })
+    }
+
+    /// Opens the store at `location` (a SQLite path or a PostgreSQL URL, as
+    /// `--db` takes them) and compiles the component. Call
+    /// [`Service::close`] when done, so pending `lastUsedAt` values are written.
+    pub async fn open_at(
+        location: &crate::store::Location,
+        options: &crate::store::Options,
+        settings: &Settings,
+    ) -> Result<Service> {
+        let store = crate::store::open(location, options).await?;
+        Ok(Service {
+            runtime: Arc::new(Runtime::new(store, settings)?),
+        })
+    }
+
+    /// Writes pending `lastUsedAt` values and stops the store's background
+    /// work; the service can still be called, but later uses may be lost.
+    pub async fn close(&self) {
+        self.runtime.store().close().await;
     }
 
     /// The same service, sharing an already loaded runtime.

@@ -5,6 +5,57 @@
 
 use sigma_keys::{ErrorCode, Permission, Service, Settings};
 
+#[path = "../../tests/pg_cluster.rs"]
+mod pg_cluster;
+
+/// The typed interface over PostgreSQL, as a Rust embedder opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_interface_on_postgres() {
+    let location = pg_cluster::database_url().parse().unwrap();
+    let svc = Service::open_at(
+        &location,
+        &sigma_keys::store::Options::default(),
+        &Settings::default(),
+    )
+    .await
+    .unwrap();
+    let created = svc
+        .create("acme", "pg", &[Permission::Read])
+        .await
+        .unwrap()
+        .unwrap();
+    let verified = svc
+        .verify(&created.raw_key, Permission::Read)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(verified.tenant, "acme");
+    let got = svc.get("acme", &created.key.id).await.unwrap().unwrap();
+    assert_eq!(got.id, created.key.id);
+    svc.deactivate("acme", &created.key.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = svc
+        .verify(&created.raw_key, Permission::Read)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::ApiKeyDeactivated);
+    svc.close().await;
+    // Written on close: the use is in the database.
+    let again = Service::open_at(
+        &location,
+        &sigma_keys::store::Options::default(),
+        &Settings::default(),
+    )
+    .await
+    .unwrap();
+    let listed = again.list("acme").await.unwrap().unwrap();
+    assert!(listed[0].last_used_at.is_some());
+    again.close().await;
+}
+
 fn service() -> (tempfile::TempDir, Service) {
     let dir = tempfile::tempdir().unwrap();
     let service = Service::open(&dir.path().join("keys.db"), &Settings::default()).unwrap();
