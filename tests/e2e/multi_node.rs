@@ -34,6 +34,13 @@ fn manage(node: &Server, method: &str, path: &str) -> Reply {
     node.send(method, path, &[("Authorization", &auth)], None)
 }
 
+/// Deactivates key `id` on `node`; when the 200 arrived.
+fn deactivate(node: &Server, id: &str) -> Instant {
+    let r = manage(node, "POST", &format!("/api/v1/api-keys/{id}/deactivate"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    Instant::now()
+}
+
 /// How long until `node` first refuses `raw` (polling every millisecond),
 /// failing if a check sent after `limit` still accepts it. (Sent, not
 /// answered: on a busy machine an answer decided in time may arrive late.)
@@ -68,9 +75,7 @@ fn three_nodes_agree_and_a_deactivation_is_refused_everywhere_within_the_bound()
     assert!(is_valid(&b, &fresh));
 
     // Deactivated on B: A and C refuse it within the bound.
-    let r = manage(&b, "POST", &format!("/api/v1/api-keys/{id}/deactivate"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let acknowledged = Instant::now();
+    let acknowledged = deactivate(&b, &id);
     assert!(
         !is_valid(&b, &raw),
         "refused at once by the node that wrote"
@@ -139,9 +144,7 @@ fn a_listener_killed_by_the_database_still_refuses_within_the_bound() {
             ),
         );
         assert_eq!(killed, "2", "both listeners were connected");
-        let r = manage(&a, "POST", &format!("/api/v1/api-keys/{id}/deactivate"));
-        assert_eq!(r.status, 200, "{}", r.text());
-        let acknowledged = Instant::now();
+        let acknowledged = deactivate(&a, &id);
         let took = refused_after(&b, &raw, acknowledged, BOUND);
         eprintln!("round {round}: listener killed, refused after {took:?}");
         // Let the listeners come back before the next round.
@@ -204,9 +207,7 @@ fn a_stalled_listener_still_refuses_within_the_bound() {
             .unwrap();
         assert!(stopped.success());
     }
-    let r = manage(&a, "POST", &format!("/api/v1/api-keys/{id}/deactivate"));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let acknowledged = Instant::now();
+    let acknowledged = deactivate(&a, &id);
     assert!(
         !is_valid(&a, &raw),
         "refused at once by the node that wrote"
@@ -442,15 +443,7 @@ fn migrate_from_sqlite_keeps_every_key_working() {
     let (gone_id, gone) = sqlite.create_key("acme", "gone", &["read"]);
     let (_, other) = sqlite.create_key("globex", "other tenant", &["read", "delete-model"]);
     assert!(is_valid(&sqlite, &active));
-    assert_eq!(
-        manage(
-            &sqlite,
-            "POST",
-            &format!("/api/v1/api-keys/{off_id}/deactivate")
-        )
-        .status,
-        200
-    );
+    deactivate(&sqlite, &off_id);
     assert_eq!(
         manage(&sqlite, "DELETE", &format!("/api/v1/api-keys/{gone_id}")).status,
         200
@@ -498,12 +491,7 @@ fn migrate_from_sqlite_keeps_every_key_working() {
         verify(&pg, &gone).json(),
         json!({"valid": false, "code": "invalid_api_key"})
     );
-    let r = manage(
-        &pg,
-        "POST",
-        &format!("/api/v1/api-keys/{active_id}/deactivate"),
-    );
-    assert_eq!(r.status, 200);
+    deactivate(&pg, &active_id);
     assert!(!is_valid(&pg, &active));
 }
 
