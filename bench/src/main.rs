@@ -451,8 +451,14 @@ fn native_verify_ns(
     runs: usize,
 ) -> Result<f64> {
     use sigma_keys_guest::domain::{keys, permission::Permission as P};
+    let new = keys::NewKey {
+        name: "bench",
+        permissions: &[P::Read],
+        expires_at: None,
+    };
+    let actor = sigma_keys_guest::domain::events::Actor::cli();
     let (_, raw) =
-        keys::create(store, "acme", "bench", &[P::Read], 1).map_err(|e| anyhow::anyhow!("{e}"))?;
+        keys::create(store, "acme", &new, &actor, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
     median_ns(runs, calls, || {
         keys::verify(store, raw.expose(), P::Read).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())

@@ -1,4 +1,4 @@
-// The walkthrough: create, list, verify, authorize, deactivate, verify again.
+// The walkthrough: create, list, verify, authorize, roll, deactivate, verify again.
 //   npm run transpile && node example.js [keys.db]
 import { load } from './sigma-keys.js';
 
@@ -8,9 +8,12 @@ console.log('created', created.key.id, '- the raw key is shown only once');
 console.log('listed', keys.list('acme').map((k) => k.id));
 console.log('verify read:', auth.verify(created.rawKey, 'read').keyId);
 console.log('authorize PUT /api/v1/records/r1:', auth.authorize(created.rawKey, 'PUT', '/api/v1/records/r1').permission);
-keys.deactivate('acme', created.key.id);
+const rolled = keys.roll('acme', created.key.id, 60);
+console.log('rolled to', rolled.created.key.id, '- the old key works for 60 s more');
+keys.deactivate('acme', rolled.created.key.id);
 try {
-  auth.verify(created.rawKey, 'read');
+  auth.verify(rolled.created.rawKey, 'read');
 } catch (e) {
   console.log('after deactivate:', e.payload.code);
 }
+console.log('events', keys.events('acme').events.map((e) => e.kind));

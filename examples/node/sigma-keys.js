@@ -13,7 +13,8 @@ import * as io from '@bytecodealliance/preview2-shim/io';
 import * as random from '@bytecodealliance/preview2-shim/random';
 import { instantiate } from './gen/sigma_keys.js';
 
-const COLUMNS = 'id, tenant, name, permissions, created_at, last_used_at, deactivated_at';
+const COLUMNS = 'id, tenant, name, permissions, created_at, last_used_at, deactivated_at, expires_at';
+const EVENT_COLUMNS = 'seq, id, tenant, key_id, at, kind, via, subject, details';
 
 /** `sigma:api-keys/store` over SQLite. Errors are thrown as the WIT `store-error`. */
 export function sqliteStore(path) {
@@ -23,7 +24,12 @@ export function sqliteStore(path) {
   db.exec(`CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL,
     key_hash BLOB NOT NULL UNIQUE, permissions TEXT NOT NULL,
-    created_at INTEGER NOT NULL, last_used_at INTEGER, deactivated_at INTEGER)`);
+    created_at INTEGER NOT NULL, last_used_at INTEGER, deactivated_at INTEGER,
+    expires_at INTEGER)`);
+  db.exec(`CREATE TABLE IF NOT EXISTS key_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL, key_id TEXT NOT NULL, at INTEGER NOT NULL,
+    kind TEXT NOT NULL, via TEXT NOT NULL, subject TEXT, details TEXT NOT NULL)`);
   db.defaultSafeIntegers(true); // u64 timestamps stay BigInt both ways
   const record = (row) =>
     row && {
@@ -34,7 +40,21 @@ export function sqliteStore(path) {
       createdAt: row.created_at,
       lastUsedAt: row.last_used_at ?? undefined,
       deactivatedAt: row.deactivated_at ?? undefined,
+      expiresAt: row.expires_at ?? undefined,
     };
+  const logged = (row) => ({
+    seq: row.seq,
+    event: {
+      id: row.id,
+      tenant: row.tenant,
+      keyId: row.key_id,
+      at: row.at,
+      kind: row.kind,
+      via: row.via,
+      subject: row.subject ?? undefined,
+      details: row.details,
+    },
+  });
   const unavailable = (e) => ({ payload: { tag: 'unavailable', val: String(e.message) } });
   const guard = (f) => (...args) => {
     try {
@@ -47,32 +67,63 @@ export function sqliteStore(path) {
   const byHash = db.prepare(`SELECT ${COLUMNS} FROM api_keys WHERE key_hash = ?`);
   const byTenant = db.prepare(`SELECT ${COLUMNS} FROM api_keys WHERE tenant = ? ORDER BY created_at, rowid`);
   const byId = db.prepare(`SELECT ${COLUMNS} FROM api_keys WHERE tenant = ? AND id = ?`);
+  const addEvents = (events) => {
+    const insert = db.prepare('INSERT INTO key_events (id, tenant, key_id, at, kind, via, subject, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
+    for (const e of events) insert.run(e.id, e.tenant, e.keyId, e.at, e.kind, e.via, e.subject ?? null, e.details);
+  };
+  // Count and insert in the caller's transaction, so the limit holds under concurrency.
+  const addKey = (key, hash, tenantLimit) => {
+    const { n } = db.prepare('SELECT count(*) AS n FROM api_keys WHERE tenant = ?').get(key.tenant);
+    if (n >= BigInt(tenantLimit)) throw { payload: { tag: 'limit-reached' } };
+    db.prepare(`INSERT INTO api_keys (${COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+      key.id, key.tenant, key.name, key.permissions.join(','), key.createdAt,
+      key.lastUsedAt ?? null, key.deactivatedAt ?? null, key.expiresAt ?? null, Buffer.from(hash));
+  };
+  // Runs `f` in one IMMEDIATE transaction; a constraint failure is the WIT `conflict`.
+  const atomically = (f) => (...args) => {
+    try {
+      return db.transaction(f).immediate(...args);
+    } catch (e) {
+      if (e.code?.startsWith('SQLITE_CONSTRAINT')) throw { payload: { tag: 'conflict' } };
+      throw e;
+    }
+  };
   return {
     db,
-    insert: guard((key, hash, tenantLimit) => {
-      // Count and insert in one transaction, so the limit holds under concurrency.
-      const insert = db.transaction(() => {
-        const { n } = db.prepare('SELECT count(*) AS n FROM api_keys WHERE tenant = ?').get(key.tenant);
-        if (n >= BigInt(tenantLimit)) throw { payload: { tag: 'limit-reached' } };
-        db.prepare('INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)').run(
-          key.id, key.tenant, key.name, Buffer.from(hash), key.permissions.join(','),
-          key.createdAt, key.lastUsedAt ?? null, key.deactivatedAt ?? null);
-      });
-      try {
-        insert.immediate();
-      } catch (e) {
-        if (e.code?.startsWith('SQLITE_CONSTRAINT')) throw { payload: { tag: 'conflict' } };
-        throw e;
-      }
-    }),
+    insert: guard(atomically((key, hash, tenantLimit, event) => {
+      addKey(key, hash, tenantLimit);
+      addEvents([event]);
+    })),
     findByHash: guard((hash) => record(byHash.get(Buffer.from(hash)))),
     list: guard((tenant) => byTenant.all(tenant).map(record)),
-    deactivate: guard((tenant, id, at) => {
-      db.prepare('UPDATE api_keys SET deactivated_at = ? WHERE tenant = ? AND id = ? AND deactivated_at IS NULL')
+    deactivate: guard(atomically((tenant, id, at, event) => {
+      const { changes } = db.prepare('UPDATE api_keys SET deactivated_at = ? WHERE tenant = ? AND id = ? AND deactivated_at IS NULL')
         .run(at, tenant, id);
+      if (changes > 0) addEvents([event]);
       return record(byId.get(tenant, id));
-    }),
-    remove: guard((tenant, id) => db.prepare('DELETE FROM api_keys WHERE tenant = ? AND id = ?').run(tenant, id).changes > 0),
+    })),
+    remove: guard(atomically((tenant, id, event) => {
+      const removed = db.prepare('DELETE FROM api_keys WHERE tenant = ? AND id = ?').run(tenant, id).changes > 0;
+      if (removed) addEvents([event]);
+      return removed;
+    })),
+    roll: guard(atomically((tenant, id, at, expiresAt, key, hash, tenantLimit, events) => {
+      const old = byId.get(tenant, id);
+      if (!old) return undefined;
+      if (old.deactivated_at != null || (old.expires_at != null && old.expires_at <= at)) {
+        throw { payload: { tag: 'inactive' } };
+      }
+      addKey(key, hash, tenantLimit);
+      db.prepare('UPDATE api_keys SET expires_at = min(coalesce(expires_at, ?), ?) WHERE tenant = ? AND id = ?')
+        .run(expiresAt, expiresAt, tenant, id);
+      addEvents(events);
+      return record(byId.get(tenant, id));
+    })),
+    events: guard((tenant, keyId, before, limit) =>
+      db.prepare(`SELECT ${EVENT_COLUMNS} FROM key_events
+        WHERE tenant = ? AND (? IS NULL OR key_id = ?) AND seq < ? ORDER BY seq DESC LIMIT ?`)
+        .all(tenant, keyId ?? null, keyId ?? null, before ?? 2n ** 63n - 1n, limit)
+        .map(logged)),
     recordUse: guard((id, at) => {
       db.prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)')
         .run(at, id, at);
@@ -113,5 +164,21 @@ export async function load({ db, config = {} }) {
   };
   const getCoreModule = async (name) => WebAssembly.compile(await readFile(new URL(`./gen/${name}`, import.meta.url)));
   const component = await instantiate(getCoreModule, imports);
-  return { keys: component.keys, auth: component.auth, db: store.db };
+  return { keys: asCli(component.keys), auth: component.auth, db: store.db };
+}
+
+/** Changes made from here are recorded in the audit trail as `via: cli`. */
+const CLI = { via: 'cli', subject: undefined };
+
+/** The typed `keys` interface, with the actor filled in and optional arguments last. */
+function asCli(keys) {
+  return {
+    list: (tenant) => keys.list(tenant),
+    get: (tenant, id) => keys.get(tenant, id),
+    create: (tenant, name, permissions, { expiresAt } = {}) => keys.create(tenant, name, permissions, expiresAt, CLI),
+    roll: (tenant, id, gracePeriodSeconds = 0) => keys.roll(tenant, id, gracePeriodSeconds, CLI),
+    deactivate: (tenant, id) => keys.deactivate(tenant, id, CLI),
+    delete: (tenant, id) => keys.delete(tenant, id, CLI),
+    events: (tenant, { keyId, cursor, limit = 100 } = {}) => keys.events(tenant, keyId, cursor, limit),
+  };
 }

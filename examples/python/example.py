@@ -1,4 +1,4 @@
-"""The walkthrough: create, list, verify, authorize, deactivate, verify again.
+"""The walkthrough: create, list, verify, authorize, roll, deactivate, verify again.
 
     python example.py path/to/sigma_keys_guest.wasm [keys.db]
 """
@@ -17,11 +17,14 @@ def main(wasm: str, db: str) -> None:
     print("listed", [k.id for k in keys.list("acme")])
     print("verify read:", getattr(keys.verify(raw_key, "read"), "key-id"))
     print("authorize PUT /api/v1/records/r1:", keys.authorize(raw_key, "PUT", "/api/v1/records/r1").permission)
-    keys.deactivate("acme", created.key.id)
+    rolled = keys.roll("acme", created.key.id, 60)
+    print("rolled to", rolled.created.key.id, "- the old key works for 60 s more")
+    keys.deactivate("acme", rolled.created.key.id)
     try:
-        keys.verify(raw_key, "read")
+        keys.verify(getattr(rolled.created, "raw-key"), "read")
     except KeyError_ as e:
         print("after deactivate:", e.code)
+    print("events", [e.kind for e in keys.events("acme").events])
 
 
 if __name__ == "__main__":

@@ -72,3 +72,41 @@ def test_bad_input_is_refused(keys):
         keys.verify("sigma_sk_live_nope", "read")
     assert e.value.code == "invalid-api-key"
     assert keys.list("acme") == []
+
+
+def test_expiry_rolling_and_the_audit_trail(keys):
+    import time
+
+    keys, _ = keys
+    soon = int(time.time() * 1000) + 60_000
+    created = keys.create("acme", "sync", ["read"], expires_at=soon)
+    assert getattr(created.key, "expires-at") == soon
+    with pytest.raises(KeyError_) as past:
+        keys.create("acme", "late", ["read"], expires_at=1)
+    assert past.value.code == "invalid-request"
+
+    rolled = keys.roll("acme", created.key.id, 30)
+    new_key = rolled.created.key
+    assert (new_key.name, getattr(new_key, "expires-at")) == ("sync", soon)
+    assert getattr(rolled.previous, "expires-at") <= int(time.time() * 1000) + 30_000
+    assert getattr(keys.verify(getattr(created, "raw-key"), "read"), "key-id") == created.key.id
+    new_raw = getattr(rolled.created, "raw-key")
+    assert getattr(keys.verify(new_raw, "read"), "key-id") == new_key.id
+
+    keys.roll("acme", new_key.id)
+    with pytest.raises(KeyError_) as expired:
+        keys.verify(new_raw, "read")
+    assert expired.value.code == "api-key-expired"
+    with pytest.raises(KeyError_) as inactive:
+        keys.roll("acme", new_key.id)
+    assert inactive.value.code == "api-key-inactive"
+    assert keys.get("acme", new_key.id).active is False
+
+    page = keys.events("acme", limit=3)
+    assert [e.kind for e in page.events] == ["rolled", "created", "rolled"]
+    assert (page.events[0].actor.via, page.events[0].actor.subject) == ("cli", None)
+    assert page.events[0].details.tag == "rolled"
+    rest = keys.events("acme", cursor=page.next)
+    assert [e.kind for e in rest.events] == ["created", "created"]
+    assert rest.next is None
+    assert keys.events("globex").events == []

@@ -8,11 +8,15 @@ use crate::domain::api::{
     UpstreamFailure,
 };
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::domain::events::{Actor, Details, Event, EventKind, LoggedEvent, Via};
 use crate::domain::headers;
 use crate::domain::jwt::MIN_SECRET_LEN;
-use crate::domain::keys::{self as lifecycle, KeyRecord, KeyStore, StoreError, Verified};
+use crate::domain::keys::{
+    self as lifecycle, KeyRecord, KeyStore, NewKey, Roll, StoreError, Verified,
+};
 use crate::domain::permission::Permission;
 use crate::domain::raw_key::KeyHash;
+use crate::domain::secret_scanning::PublicKeys;
 use crate::domain::time::Millis;
 use crate::domain::upstream::{Scheme as UpstreamScheme, Upstream};
 
@@ -33,7 +37,8 @@ use wasi::io::streams::{InputStream, OutputStream, StreamError};
 /// The types of the exported interfaces.
 mod wit {
     pub use super::exports::sigma::api_keys::keys::{
-        CreatedKey, Error, ErrorCode, KeyRecord, Permission,
+        Actor, ActorVia, CreatedKey, Error, ErrorCode, Event, EventDetails, EventKind, EventPage,
+        KeyRecord, LeakedDetails, Permission, RolledDetails, RolledKey,
     };
 }
 
@@ -89,6 +94,8 @@ fn record_to_wit(r: &KeyRecord) -> wit::KeyRecord {
         created_at: r.created_at,
         last_used_at: r.last_used_at,
         deactivated_at: r.deactivated_at,
+        expires_at: r.expires_at,
+        active: r.active(),
     }
 }
 
@@ -106,6 +113,7 @@ fn record_to_store(r: &KeyRecord) -> store::StoredKey {
         created_at: r.created_at,
         last_used_at: r.last_used_at,
         deactivated_at: r.deactivated_at,
+        expires_at: r.expires_at,
     }
 }
 
@@ -125,6 +133,132 @@ fn record_from_store(r: store::StoredKey) -> KeyRecord {
         created_at: r.created_at,
         last_used_at: r.last_used_at,
         deactivated_at: r.deactivated_at,
+        expires_at: r.expires_at,
+    }
+}
+
+/// Event kinds and actors for one WIT enum pair (the store's and the API's are distinct types).
+macro_rules! event_conversions {
+    ($kind_to:ident, $kind_from:ident, $kind:ty, $via_to:ident, $via_from:ident, $via:ty) => {
+        fn $kind_to(k: EventKind) -> $kind {
+            match k {
+                EventKind::Created => <$kind>::Created,
+                EventKind::Deactivated => <$kind>::Deactivated,
+                EventKind::Deleted => <$kind>::Deleted,
+                EventKind::Rolled => <$kind>::Rolled,
+                EventKind::Leaked => <$kind>::Leaked,
+            }
+        }
+
+        #[allow(dead_code)]
+        fn $kind_from(k: $kind) -> EventKind {
+            match k {
+                <$kind>::Created => EventKind::Created,
+                <$kind>::Deactivated => EventKind::Deactivated,
+                <$kind>::Deleted => EventKind::Deleted,
+                <$kind>::Rolled => EventKind::Rolled,
+                <$kind>::Leaked => EventKind::Leaked,
+            }
+        }
+
+        fn $via_to(v: Via) -> $via {
+            match v {
+                Via::Token => <$via>::Token,
+                Via::Cli => <$via>::Cli,
+                Via::SecretScanning => <$via>::SecretScanning,
+            }
+        }
+
+        fn $via_from(v: $via) -> Via {
+            match v {
+                <$via>::Token => Via::Token,
+                <$via>::Cli => Via::Cli,
+                <$via>::SecretScanning => Via::SecretScanning,
+            }
+        }
+    };
+}
+
+event_conversions!(
+    kind_to_wit,
+    kind_from_wit,
+    wit::EventKind,
+    via_to_wit,
+    via_from_wit,
+    wit::ActorVia
+);
+event_conversions!(
+    kind_to_store,
+    kind_from_store,
+    store::EventKind,
+    via_to_store,
+    via_from_store,
+    store::ActorVia
+);
+
+fn event_to_store(e: &Event) -> store::StoredEvent {
+    store::StoredEvent {
+        id: e.id.clone(),
+        tenant: e.tenant.clone(),
+        key_id: e.key_id.clone(),
+        at: e.at,
+        kind: kind_to_store(e.kind),
+        via: via_to_store(e.actor.via),
+        subject: e.actor.subject.clone(),
+        details: e.details.to_json().to_string(),
+    }
+}
+
+fn event_from_store(logged: store::LoggedEvent) -> LoggedEvent {
+    let e = logged.event;
+    let kind = kind_from_store(e.kind);
+    LoggedEvent {
+        seq: logged.seq,
+        event: Event {
+            details: Details::parse(kind, &e.details),
+            id: e.id,
+            tenant: e.tenant,
+            key_id: e.key_id,
+            at: e.at,
+            kind,
+            actor: Actor {
+                via: via_from_store(e.via),
+                subject: e.subject,
+            },
+        },
+    }
+}
+
+fn event_to_wit(e: Event) -> wit::Event {
+    wit::Event {
+        id: e.id,
+        at: e.at,
+        kind: kind_to_wit(e.kind),
+        key_id: e.key_id,
+        actor: wit::Actor {
+            via: via_to_wit(e.actor.via),
+            subject: e.actor.subject,
+        },
+        details: match e.details {
+            Details::Nothing => wit::EventDetails::Nothing,
+            Details::Rolled {
+                new_key_id,
+                grace_period_seconds,
+            } => wit::EventDetails::Rolled(wit::RolledDetails {
+                new_key_id,
+                grace_period_seconds,
+            }),
+            Details::Leaked { url, source } => {
+                wit::EventDetails::Leaked(wit::LeakedDetails { url, source })
+            }
+        },
+    }
+}
+
+fn actor_from_wit(a: wit::Actor) -> Actor {
+    Actor {
+        via: via_from_wit(a.via),
+        subject: a.subject,
     }
 }
 
@@ -134,6 +268,8 @@ fn error_to_wit(e: ApiError) -> wit::Error {
         ErrorCode::NotFound => wit::ErrorCode::NotFound,
         ErrorCode::InvalidApiKey => wit::ErrorCode::InvalidApiKey,
         ErrorCode::ApiKeyDeactivated => wit::ErrorCode::ApiKeyDeactivated,
+        ErrorCode::ApiKeyExpired => wit::ErrorCode::ApiKeyExpired,
+        ErrorCode::ApiKeyInactive => wit::ErrorCode::ApiKeyInactive,
         ErrorCode::InsufficientPermission => wit::ErrorCode::InsufficientPermission,
         ErrorCode::UnknownResource => wit::ErrorCode::UnknownResource,
         ErrorCode::MethodNotAllowed => wit::ErrorCode::MethodNotAllowed,
@@ -151,6 +287,7 @@ fn store_error(e: store::StoreError) -> StoreError {
     match e {
         store::StoreError::Conflict => StoreError::Conflict,
         store::StoreError::LimitReached => StoreError::LimitReached,
+        store::StoreError::Inactive => StoreError::Inactive,
         store::StoreError::Unavailable(why) => StoreError::Unavailable(why),
     }
 }
@@ -159,8 +296,20 @@ fn store_error(e: store::StoreError) -> StoreError {
 struct HostStore;
 
 impl KeyStore for HostStore {
-    fn insert(&self, key: &KeyRecord, hash: &KeyHash, tenant_limit: u32) -> Result<(), StoreError> {
-        store::insert(&record_to_store(key), &hash.0, tenant_limit).map_err(store_error)
+    fn insert(
+        &self,
+        key: &KeyRecord,
+        hash: &KeyHash,
+        tenant_limit: u32,
+        event: &Event,
+    ) -> Result<(), StoreError> {
+        store::insert(
+            &record_to_store(key),
+            &hash.0,
+            tenant_limit,
+            &event_to_store(event),
+        )
+        .map_err(store_error)
     }
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         Ok(store::find_by_hash(&hash.0)
@@ -179,13 +328,42 @@ impl KeyStore for HostStore {
         tenant: &str,
         id: &str,
         at: Millis,
+        event: &Event,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(store::deactivate(tenant, id, at)
+        Ok(store::deactivate(tenant, id, at, &event_to_store(event))
             .map_err(store_error)?
             .map(record_from_store))
     }
-    fn remove(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        store::remove(tenant, id).map_err(store_error)
+    fn remove(&self, tenant: &str, id: &str, event: &Event) -> Result<bool, StoreError> {
+        store::remove(tenant, id, &event_to_store(event)).map_err(store_error)
+    }
+    fn roll(&self, roll: &Roll<'_>) -> Result<Option<KeyRecord>, StoreError> {
+        let events: Vec<store::StoredEvent> = roll.events.iter().map(event_to_store).collect();
+        Ok(store::roll(
+            roll.tenant,
+            roll.id,
+            roll.at,
+            roll.expires_at,
+            &record_to_store(roll.key),
+            &roll.hash.0,
+            roll.tenant_limit,
+            &events,
+        )
+        .map_err(store_error)?
+        .map(record_from_store))
+    }
+    fn events(
+        &self,
+        tenant: &str,
+        key_id: Option<&str>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        Ok(store::events(tenant, key_id, before, limit)
+            .map_err(store_error)?
+            .into_iter()
+            .map(event_from_store)
+            .collect())
     }
     fn record_use(&self, id: &str, at: Millis) -> Result<(), StoreError> {
         store::record_use(id, at).map_err(store_error)
@@ -225,14 +403,21 @@ impl keys::Guest for Component {
         tenant: String,
         name: String,
         permissions: Vec<wit::Permission>,
+        expires_at: Option<u64>,
+        actor: wit::Actor,
     ) -> Result<wit::CreatedKey, wit::Error> {
         let permissions: Vec<Permission> =
             permissions.into_iter().map(permission_from_wit).collect();
+        let new = NewKey {
+            name: &name,
+            permissions: &permissions,
+            expires_at,
+        };
         let (record, raw) = lifecycle::create(
             &HostStore,
             &tenant,
-            &name,
-            &permissions,
+            &new,
+            &actor_from_wit(actor),
             settings().max_keys_per_tenant,
         )
         .map_err(error_to_wit)?;
@@ -242,14 +427,62 @@ impl keys::Guest for Component {
         })
     }
 
-    fn deactivate(tenant: String, id: String) -> Result<wit::KeyRecord, wit::Error> {
-        lifecycle::deactivate(&HostStore, &tenant, &id)
+    fn roll(
+        tenant: String,
+        id: String,
+        grace_period_seconds: u32,
+        actor: wit::Actor,
+    ) -> Result<wit::RolledKey, wit::Error> {
+        let rolled = lifecycle::roll(
+            &HostStore,
+            &tenant,
+            &id,
+            grace_period_seconds,
+            &actor_from_wit(actor),
+            settings().max_keys_per_tenant,
+        )
+        .map_err(error_to_wit)?;
+        Ok(wit::RolledKey {
+            created: wit::CreatedKey {
+                key: record_to_wit(&rolled.key),
+                raw_key: rolled.raw.expose().to_owned(),
+            },
+            previous: record_to_wit(&rolled.previous),
+        })
+    }
+
+    fn deactivate(
+        tenant: String,
+        id: String,
+        actor: wit::Actor,
+    ) -> Result<wit::KeyRecord, wit::Error> {
+        lifecycle::deactivate(&HostStore, &tenant, &id, &actor_from_wit(actor))
             .map(|r| record_to_wit(&r))
             .map_err(error_to_wit)
     }
 
-    fn delete(tenant: String, id: String) -> Result<(), wit::Error> {
-        lifecycle::delete(&HostStore, &tenant, &id).map_err(error_to_wit)
+    fn delete(tenant: String, id: String, actor: wit::Actor) -> Result<(), wit::Error> {
+        lifecycle::delete(&HostStore, &tenant, &id, &actor_from_wit(actor)).map_err(error_to_wit)
+    }
+
+    fn events(
+        tenant: String,
+        key_id: Option<String>,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Result<wit::EventPage, wit::Error> {
+        let page = lifecycle::events(
+            &HostStore,
+            &tenant,
+            key_id.as_deref(),
+            cursor.as_deref(),
+            limit,
+        )
+        .map_err(error_to_wit)?;
+        Ok(wit::EventPage {
+            events: page.events.into_iter().map(event_to_wit).collect(),
+            next: page.next,
+        })
     }
 }
 
@@ -373,12 +606,20 @@ fn settings() -> &'static Settings {
         let max_keys_per_tenant = get("max-keys-per-tenant")
             .and_then(|v| v.parse().ok())
             .unwrap_or(api::DEFAULT_MAX_KEYS_PER_TENANT);
+        let github_scanning_keys = get("github-scanning-keys").map(|text| {
+            let keys = PublicKeys::parse(&text);
+            if let Err(why) = &keys {
+                eprintln!("sigma-keys component: github-scanning-keys is unusable, so every alert is refused: {why}");
+            }
+            keys
+        });
         Settings {
             jwt_secret,
             upstream,
             upstream_timeout_ms,
             jwt_max_lifetime_secs,
             max_keys_per_tenant,
+            github_scanning_keys,
         }
     })
 }

@@ -245,7 +245,13 @@ proptest! {
         key_permissions in prop::sample::subsequence(Permission::ALL.to_vec(), 1..=5),
     ) {
         let store = MemoryStore::default();
-        let (_, raw) = keys::create(&store, "acme", "prop", &key_permissions, 10).unwrap();
+        let new = keys::NewKey {
+            name: "prop",
+            permissions: &key_permissions,
+            expires_at: None,
+        };
+        let actor = sigma_keys_guest::domain::events::Actor::cli();
+        let (_, raw) = keys::create(&store, "acme", &new, &actor, 10).unwrap();
         let mut headers = vec![("x-sigma-apikey".to_string(), raw.expose().as_bytes().to_vec())];
         headers.extend(extra);
         if let Some((name, value)) = framing {

@@ -38,7 +38,8 @@ mod upstream_pool;
 
 pub use bindings::exports::sigma::api_keys::auth::Verified;
 pub use bindings::exports::sigma::api_keys::keys::{
-    CreatedKey, Error as KeyError, ErrorCode, KeyRecord, Permission,
+    Actor, ActorVia, CreatedKey, Error as KeyError, ErrorCode, Event, EventDetails, EventKind,
+    EventPage, KeyRecord, Permission, RolledKey,
 };
 pub use runtime::Settings;
 pub use service::{Service, Session};

@@ -118,6 +118,9 @@ struct ServeArgs {
     /// Refuse to create more than this many keys for one tenant (409 key_limit_reached)
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_keys_per_tenant: u32,
+    /// Accept GitHub secret scanning alerts at POST /api/v1/secret-scanning/github, signed by the keys in this file (GitHub's format: https://api.github.com/meta/public_keys/secret_scanning)
+    #[arg(long, value_name = "PATH")]
+    github_scanning_keys: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -165,6 +168,37 @@ enum KeysCommand {
         /// Comma-separated: read, update-data, delete-data, update-model, delete-model
         #[arg(long, value_delimiter = ',', value_parser = parse_permission, required = true)]
         permissions: Vec<Permission>,
+        /// When the key stops working: an RFC 3339 UTC timestamp (2027-01-31T12:00:00Z), at most 10 years ahead
+        #[arg(long, value_parser = parse_timestamp, value_name = "TIMESTAMP")]
+        expires_at: Option<u64>,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Replace a key by a new one with the same name, permissions and expiry, and print it once
+    Roll {
+        #[arg(long)]
+        tenant: String,
+        /// The key id (apikey-...)
+        id: String,
+        /// How long the old key keeps working, in seconds (0 to 604800)
+        #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+        grace_period: u32,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Show the audit trail, newest first (JSON, as GET /api/v1/api-keys/events)
+    Events {
+        #[arg(long)]
+        tenant: String,
+        /// Only this key's events
+        #[arg(long, value_name = "ID")]
+        key_id: Option<String>,
+        /// Continue after a page: its `next`
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Events per page (1 to 500)
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        limit: u32,
         #[command(flatten)]
         db: DbArg,
     },
@@ -194,6 +228,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be more than zero".into());
     }
     Ok(d)
+}
+
+/// Milliseconds since the epoch of an RFC 3339 UTC timestamp; whether it is
+/// in the future and near enough is the component's to say.
+fn parse_timestamp(s: &str) -> Result<u64, String> {
+    let bad = || "must be an RFC 3339 timestamp in UTC, such as 2027-01-31T12:00:00Z".to_owned();
+    let at = humantime::parse_rfc3339(s).map_err(|_| bad())?;
+    let since = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| bad())?;
+    u64::try_from(since.as_millis()).map_err(|_| bad())
 }
 
 fn parse_permission(s: &str) -> Result<Permission, String> {
@@ -281,10 +326,16 @@ async fn migrate(args: MigrateArgs) -> Result<()> {
     }
     let source = store::sqlite::Db::open(&args.from)?;
     let keys = source.export().map_err(store_error)?;
+    let events = source.export_events().map_err(store_error)?;
     let target = store::postgres::PgStore::open(&url, &store::Options::default()).await?;
     let added = target.import(&keys).await.map_err(store_error);
+    let events_added = match added {
+        Ok(_) => target.import_events(&events).await.map_err(store_error),
+        Err(_) => Ok(0),
+    };
     store::KeyStore::close(&target).await;
     let added = added?;
+    let events_added = events_added?;
     let deactivated = keys
         .iter()
         .filter(|(k, _)| k.deactivated_at.is_some())
@@ -296,6 +347,8 @@ async fn migrate(args: MigrateArgs) -> Result<()> {
             "copied": added,
             "alreadyThere": keys.len() as u64 - added,
             "deactivated": deactivated,
+            "events": events.len(),
+            "eventsCopied": events_added,
         })
     );
     eprintln!(
@@ -361,12 +414,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => secret()?,
     };
     note_secret(&source);
+    let github_scanning_keys = match &args.github_scanning_keys {
+        Some(path) => Some(read_scanning_keys(path)?),
+        None => None,
+    };
     let settings = Settings {
         jwt_secret: Some(jwt_secret),
         upstream: args.upstream.clone(),
         upstream_timeout: Some(args.upstream_timeout),
         jwt_max_lifetime: Some(args.jwt_max_lifetime),
         max_keys_per_tenant: Some(args.max_keys_per_tenant),
+        github_scanning_keys,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -393,6 +451,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             "  get a token: {exe} token --db <this database URL> --tenant <tenant> (with the same JWT secret)"
         ),
     }
+    if let Some(path) = &args.github_scanning_keys {
+        println!(
+            "  secret scanning: POST /api/v1/secret-scanning/github, keys from {}",
+            path.display()
+        );
+    }
     let limits = Limits {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
@@ -414,11 +478,35 @@ async fn serve(args: ServeArgs) -> Result<()> {
     served
 }
 
+/// GitHub's key list, read at start so a wrong path or a file that is not
+/// the list fails here rather than on GitHub's first alert. The keys
+/// themselves are the component's to parse.
+fn read_scanning_keys(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--github-scanning-keys {}: cannot read", path.display()))?;
+    let listed = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v.get("public_keys")
+                .and_then(|k| k.as_array())
+                .map(Vec::len)
+        });
+    match listed {
+        Some(n) if n > 0 => Ok(text),
+        _ => bail!(
+            "--github-scanning-keys {}: not GitHub's key list (a JSON object with a non-empty \"public_keys\" array)",
+            path.display()
+        ),
+    }
+}
+
 async fn keys(cmd: KeysCommand) -> Result<()> {
     let (tenant, db) = match &cmd {
         KeysCommand::List { tenant, db }
         | KeysCommand::Get { tenant, db, .. }
         | KeysCommand::Create { tenant, db, .. }
+        | KeysCommand::Roll { tenant, db, .. }
+        | KeysCommand::Events { tenant, db, .. }
         | KeysCommand::Deactivate { tenant, db, .. }
         | KeysCommand::Delete { tenant, db, .. } => (tenant.clone(), db.location()?),
     };
@@ -441,10 +529,13 @@ async fn keys_command(
             serde_json::Value::Array(list.iter().map(record_json).collect())
         }
         KeysCommand::Create {
-            name, permissions, ..
+            name,
+            permissions,
+            expires_at,
+            ..
         } => {
             let created = service
-                .create(&tenant, &name, &permissions)
+                .create_expiring(&tenant, &name, &permissions, expires_at)
                 .await?
                 .map_err(key_error)?;
             let mut v = record_json(&created.key);
@@ -453,6 +544,43 @@ async fn keys_command(
             }
             eprintln!("Store the rawKey now: it is shown only this once.");
             v
+        }
+        KeysCommand::Roll {
+            id, grace_period, ..
+        } => {
+            let rolled = service
+                .roll(&tenant, &id, grace_period)
+                .await?
+                .map_err(key_error)?;
+            let mut v = record_json(&rolled.created.key);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("rawKey".into(), rolled.created.raw_key.into());
+                obj.insert("rolledFrom".into(), rolled.previous.id.clone().into());
+            }
+            eprintln!(
+                "Store the rawKey now: it is shown only this once. {} stops working at {}.",
+                rolled.previous.id,
+                rolled
+                    .previous
+                    .expires_at
+                    .map_or_else(|| "once".into(), timestamp)
+            );
+            v
+        }
+        KeysCommand::Events {
+            key_id,
+            cursor,
+            limit,
+            ..
+        } => {
+            let page = service
+                .events(&tenant, key_id.as_deref(), cursor.as_deref(), limit)
+                .await?
+                .map_err(key_error)?;
+            serde_json::json!({
+                "events": page.events.iter().map(event_json).collect::<Vec<_>>(),
+                "next": page.next,
+            })
         }
         KeysCommand::Get { id, .. } => {
             record_json(&service.get(&tenant, &id).await?.map_err(key_error)?)
@@ -481,12 +609,46 @@ fn record_json(k: &KeyRecord) -> serde_json::Value {
         "id": k.id,
         "name": k.name,
         "permissions": k.permissions.iter().map(|p| sigma_keys::permission_name(*p)).collect::<Vec<_>>(),
-        "active": k.deactivated_at.is_none(),
+        "active": k.active,
         "createdAt": timestamp(k.created_at),
         "lastUsedAt": k.last_used_at.map(timestamp),
+        "expiresAt": k.expires_at.map(timestamp),
     });
     if let (Some(at), Some(obj)) = (k.deactivated_at, v.as_object_mut()) {
         obj.insert("deactivatedAt".into(), timestamp(at).into());
     }
     v
+}
+
+/// An event as `GET /api/v1/api-keys/events` shows it.
+fn event_json(e: &sigma_keys::Event) -> serde_json::Value {
+    use sigma_keys::{ActorVia, EventDetails, EventKind};
+    let kind = match e.kind {
+        EventKind::Created => "key.created",
+        EventKind::Deactivated => "key.deactivated",
+        EventKind::Deleted => "key.deleted",
+        EventKind::Rolled => "key.rolled",
+        EventKind::Leaked => "key.leaked",
+    };
+    let via = match e.actor.via {
+        ActorVia::Token => "token",
+        ActorVia::Cli => "cli",
+        ActorVia::SecretScanning => "secret-scanning",
+    };
+    let details = match &e.details {
+        EventDetails::Nothing => serde_json::json!({}),
+        EventDetails::Rolled(r) => serde_json::json!({
+            "newKeyId": r.new_key_id,
+            "gracePeriodSeconds": r.grace_period_seconds,
+        }),
+        EventDetails::Leaked(l) => serde_json::json!({"url": l.url, "source": l.source}),
+    };
+    serde_json::json!({
+        "id": e.id,
+        "at": timestamp(e.at),
+        "type": kind,
+        "keyId": e.key_id,
+        "actor": {"via": via, "subject": e.actor.subject},
+        "details": details,
+    })
 }

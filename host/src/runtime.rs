@@ -17,10 +17,12 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::sigma::api_keys::request_log;
-use crate::bindings::sigma::api_keys::store::{self, StoreError, StoredKey as KeyRecord};
+use crate::bindings::sigma::api_keys::store::{
+    self, LoggedEvent, StoreError, StoredEvent as Event, StoredKey as KeyRecord,
+};
 use crate::bindings::{Typed, TypedIndices};
 use crate::hop_by_hop::ProxyHooks;
-use crate::store::KeyStore;
+use crate::store::{EventQuery, KeyStore, Roll};
 
 /// The component, built from `guest/` and embedded at compile time.
 pub const COMPONENT: &[u8] = include_bytes!(env!("SIGMA_KEYS_COMPONENT_WASM"));
@@ -38,6 +40,9 @@ pub struct Settings {
     pub jwt_max_lifetime: Option<Duration>,
     /// Keys one tenant may have (component default: 10,000).
     pub max_keys_per_tenant: Option<u32>,
+    /// GitHub's secret scanning public keys, as GitHub publishes them (the
+    /// file's text); without them `POST /api/v1/secret-scanning/github` is 404.
+    pub github_scanning_keys: Option<String>,
 }
 
 /// Who made an HTTP request, as the component reported it.
@@ -161,8 +166,9 @@ impl store::Host for Ctx {
         key: KeyRecord,
         hash: Vec<u8>,
         tenant_limit: u32,
+        event: Event,
     ) -> Result<(), StoreError> {
-        self.db.insert(key, hash, tenant_limit).await
+        self.db.insert(key, hash, tenant_limit, event).await
     }
     async fn find_by_hash(&mut self, hash: Vec<u8>) -> Result<Option<KeyRecord>, StoreError> {
         // The hot path: a cached key is answered here, with no future boxed.
@@ -179,11 +185,58 @@ impl store::Host for Ctx {
         tenant: String,
         id: String,
         at: u64,
+        event: Event,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.db.deactivate(tenant, id, at).await
+        self.db.deactivate(tenant, id, at, event).await
     }
-    async fn remove(&mut self, tenant: String, id: String) -> Result<bool, StoreError> {
-        self.db.remove(tenant, id).await
+    async fn remove(
+        &mut self,
+        tenant: String,
+        id: String,
+        event: Event,
+    ) -> Result<bool, StoreError> {
+        self.db.remove(tenant, id, event).await
+    }
+    #[allow(clippy::too_many_arguments)]
+    async fn roll(
+        &mut self,
+        tenant: String,
+        id: String,
+        at: u64,
+        expires_at: u64,
+        key: KeyRecord,
+        hash: Vec<u8>,
+        tenant_limit: u32,
+        events: Vec<Event>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.db
+            .roll(Roll {
+                tenant,
+                id,
+                at,
+                expires_at,
+                key,
+                hash,
+                tenant_limit,
+                events,
+            })
+            .await
+    }
+    async fn events(
+        &mut self,
+        tenant: String,
+        key_id: Option<String>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        self.db
+            .events(EventQuery {
+                tenant,
+                key_id,
+                before,
+                limit,
+            })
+            .await
     }
     async fn record_use(&mut self, id: String, at: u64) -> Result<(), StoreError> {
         // Only noted in memory; written in batches off the request path.
@@ -278,6 +331,9 @@ impl Runtime {
         }
         if let Some(max) = settings.max_keys_per_tenant {
             vars.insert("max-keys-per-tenant", max.to_string());
+        }
+        if let Some(keys) = &settings.github_scanning_keys {
+            vars.insert("github-scanning-keys", keys.clone());
         }
         tick_epochs(&engine)?;
         Ok(Runtime {

@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::bindings::Typed;
 use crate::bindings::exports::sigma::api_keys::auth::Verified;
 use crate::bindings::exports::sigma::api_keys::keys::{
-    CreatedKey, Error as KeyError, KeyRecord, Permission,
+    Actor, ActorVia, CreatedKey, Error as KeyError, EventPage, KeyRecord, Permission, RolledKey,
 };
 use crate::runtime::{Ctx, Runtime, Settings, arm_deadline};
 
@@ -85,17 +85,46 @@ impl Service {
             .await?)
     }
 
-    /// Creates a key; the raw key in the answer is shown this once.
+    /// Creates a key that never expires; the raw key in the answer is
+    /// shown this once. The audit trail records the change as `via: cli`,
+    /// as for every change made through `Service`.
     pub async fn create(
         &self,
         tenant: &str,
         name: &str,
         permissions: &[Permission],
     ) -> Result<Result<CreatedKey, KeyError>> {
+        self.create_expiring(tenant, name, permissions, None).await
+    }
+
+    /// Creates a key that stops working at `expires_at` (milliseconds since
+    /// the epoch; in the future, at most ten years ahead) when given.
+    pub async fn create_expiring(
+        &self,
+        tenant: &str,
+        name: &str,
+        permissions: &[Permission],
+        expires_at: Option<u64>,
+    ) -> Result<Result<CreatedKey, KeyError>> {
         let (mut store, api) = self.runtime.typed().await?;
         Ok(api
             .sigma_api_keys_keys()
-            .call_create(&mut store, tenant, name, permissions)
+            .call_create(&mut store, tenant, name, permissions, expires_at, &cli())
+            .await?)
+    }
+
+    /// Replaces an active key by a new one; the old key keeps working for
+    /// `grace_period_seconds` (0 to 604800).
+    pub async fn roll(
+        &self,
+        tenant: &str,
+        id: &str,
+        grace_period_seconds: u32,
+    ) -> Result<Result<RolledKey, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_keys()
+            .call_roll(&mut store, tenant, id, grace_period_seconds, &cli())
             .await?)
     }
 
@@ -104,16 +133,31 @@ impl Service {
         let (mut store, api) = self.runtime.typed().await?;
         Ok(api
             .sigma_api_keys_keys()
-            .call_deactivate(&mut store, tenant, id)
+            .call_deactivate(&mut store, tenant, id, &cli())
             .await?)
     }
 
-    /// Deletes a key for good.
+    /// Deletes a key for good (its events are kept).
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<Result<(), KeyError>> {
         let (mut store, api) = self.runtime.typed().await?;
         Ok(api
             .sigma_api_keys_keys()
-            .call_delete(&mut store, tenant, id)
+            .call_delete(&mut store, tenant, id, &cli())
+            .await?)
+    }
+
+    /// One page of the tenant's audit trail, newest first.
+    pub async fn events(
+        &self,
+        tenant: &str,
+        key_id: Option<&str>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Result<EventPage, KeyError>> {
+        let (mut store, api) = self.runtime.typed().await?;
+        Ok(api
+            .sigma_api_keys_keys()
+            .call_events(&mut store, tenant, key_id, cursor, limit)
             .await?)
     }
 
@@ -155,6 +199,14 @@ impl Service {
             .sigma_api_keys_auth()
             .call_required_permission(&mut store, method, path)
             .await?)
+    }
+}
+
+/// Changes made through `Service` are the operator's own.
+fn cli() -> Actor {
+    Actor {
+        via: ActorVia::Cli,
+        subject: None,
     }
 }
 

@@ -6,6 +6,7 @@
 mod adversarial;
 mod cli;
 mod durability;
+mod lifecycle;
 mod limits;
 mod management;
 mod multi_node;

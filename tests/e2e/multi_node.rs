@@ -450,6 +450,7 @@ fn migrate_from_sqlite_keeps_every_key_working() {
     );
     std::thread::sleep(Duration::from_millis(1200)); // lastUsedAt written
     let before = manage(&sqlite, "GET", "/api/v1/api-keys").json();
+    let trail = manage(&sqlite, "GET", "/api/v1/api-keys/events").json();
     let mut sqlite = sqlite;
     sqlite.terminate();
 
@@ -471,15 +472,20 @@ fn migrate_from_sqlite_keeps_every_key_working() {
     };
     assert_eq!(
         migrate(),
-        json!({"keys": 3, "copied": 3, "alreadyThere": 0, "deactivated": 1})
+        json!({"keys": 3, "copied": 3, "alreadyThere": 0, "deactivated": 1, "events": 6, "eventsCopied": 6})
     );
     assert_eq!(
         migrate(),
-        json!({"keys": 3, "copied": 0, "alreadyThere": 3, "deactivated": 1})
+        json!({"keys": 3, "copied": 0, "alreadyThere": 3, "deactivated": 1, "events": 6, "eventsCopied": 0})
     );
 
     let pg = node(&url);
     assert_eq!(manage(&pg, "GET", "/api/v1/api-keys").json(), before);
+    assert_eq!(
+        manage(&pg, "GET", "/api/v1/api-keys/events").json(),
+        trail,
+        "the audit trail moves too, in order"
+    );
     assert!(before[0]["lastUsedAt"].is_string());
     assert!(is_valid(&pg, &active));
     assert!(is_valid(&pg, &other));
@@ -575,4 +581,83 @@ fn tls_to_the_database_as_the_url_asks() {
         .replace("sslmode=disable", "sslmode=require");
     let out = starts(&url);
     assert!(!out.status.success());
+}
+
+/// A roll (grace 0) on one node is refused on the others within the bound,
+/// like a deactivation; a key's own expiry needs no write, so every node
+/// refuses it at the instant; every node reads the same audit trail.
+#[test]
+fn a_key_rolled_or_expired_on_one_node_is_refused_on_the_others() {
+    let url = pg_cluster::database_url();
+    let (a, b, c) = (node(&url), node(&url), node(&url));
+    let (id, raw) = a.create_key("acme", "to roll", &["read"]);
+    for n in [&a, &b, &c] {
+        for _ in 0..3 {
+            assert!(is_valid(n, &raw));
+        }
+    }
+    let r = manage(&b, "POST", &format!("/api/v1/api-keys/{id}/roll"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let acknowledged = Instant::now();
+    let new = r.json()["rawKey"].as_str().unwrap().to_owned();
+    assert!(
+        !is_valid(&b, &raw),
+        "refused at once by the node that rolled"
+    );
+    let on_a = refused_after(&a, &raw, acknowledged, BOUND);
+    let on_c = refused_after(&c, &raw, acknowledged, BOUND);
+    eprintln!("roll on B refused by A after {on_a:?}, by C after {on_c:?}");
+    assert_eq!(
+        verify(&c, &raw).json(),
+        json!({"valid": false, "code": "api_key_expired"})
+    );
+    for n in [&a, &b, &c] {
+        assert!(is_valid(n, &new));
+    }
+
+    // Created on A to expire shortly: every node accepts it until then, none after.
+    let expires = std::time::SystemTime::now() + Duration::from_millis(1_500);
+    let at = humantime::format_rfc3339_millis(expires).to_string();
+    let auth = a.bearer("acme");
+    let body = json!({"name": "short", "permissions": ["read"], "expiresAt": at}).to_string();
+    let r = a.send(
+        "POST",
+        "/api/v1/api-keys",
+        &[("Authorization", &auth)],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let short = r.json()["rawKey"].as_str().unwrap().to_owned();
+    for n in [&a, &b, &c] {
+        assert!(is_valid(n, &short));
+    }
+    std::thread::sleep(
+        expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_millis(50),
+    );
+    for n in [&a, &b, &c] {
+        assert_eq!(
+            verify(n, &short).json(),
+            json!({"valid": false, "code": "api_key_expired"})
+        );
+    }
+
+    let trails: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .map(|n| manage(n, "GET", "/api/v1/api-keys/events").json())
+        .collect();
+    assert_eq!(trails[0], trails[1]);
+    assert_eq!(trails[1], trails[2]);
+    let kinds: Vec<&str> = trails[0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["key.created", "key.rolled", "key.created", "key.created"]
+    );
 }

@@ -64,7 +64,9 @@ fn create_list_use_deactivate_delete() {
         l,
         json!([{
             "id": id, "name": "Shopify Sync - Production", "permissions": ["read", "update-data"],
-            "active": true, "createdAt": c["createdAt"], "lastUsedAt": null
+            "active": true, "createdAt": c["createdAt"], "lastUsedAt": null,
+            // Beyond the seed: every record shows its expiry (#10).
+            "expiresAt": null
         }])
     );
     assert!(!list.text().contains(&raw));

@@ -20,7 +20,13 @@ export!(Probe);
 impl Guest for Probe {
     fn run(calls: u32) -> u32 {
         let store = MemoryStore::default();
-        let Ok((_, raw)) = keys::create(&store, "acme", "bench", &[Permission::Read], 1) else {
+        let new = keys::NewKey {
+            name: "bench",
+            permissions: &[Permission::Read],
+            expires_at: None,
+        };
+        let actor = sigma_keys_guest::domain::events::Actor::cli();
+        let Ok((_, raw)) = keys::create(&store, "acme", &new, &actor, 1) else {
             return 0;
         };
         let mut ok = 0;

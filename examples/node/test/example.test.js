@@ -57,3 +57,34 @@ test('bad input is refused and changes nothing', async () => {
   assert.equal(code(() => auth.verify('sigma_sk_live_nope', 'read')), 'invalid-api-key');
   assert.deepEqual(keys.list('acme'), []);
 });
+
+test('expiry, rolling with a grace period, and the audit trail', async () => {
+  const { keys, auth } = await load({ db: ':memory:' });
+  const soon = BigInt(Date.now() + 60_000);
+  const created = keys.create('acme', 'sync', ['read'], { expiresAt: soon });
+  assert.equal(created.key.expiresAt, soon);
+  assert.equal(code(() => keys.create('acme', 'late', ['read'], { expiresAt: 1n })), 'invalid-request');
+
+  const rolled = keys.roll('acme', created.key.id, 30);
+  assert.equal(rolled.created.key.name, 'sync');
+  assert.equal(rolled.created.key.expiresAt, soon);
+  assert.ok(rolled.previous.expiresAt <= BigInt(Date.now() + 30_000));
+  assert.equal(auth.verify(created.rawKey, 'read').keyId, created.key.id, 'the old key works during the grace');
+  assert.equal(auth.verify(rolled.created.rawKey, 'read').keyId, rolled.created.key.id);
+
+  const last = keys.roll('acme', rolled.created.key.id);
+  assert.equal(code(() => auth.verify(rolled.created.rawKey, 'read')), 'api-key-expired');
+  assert.equal(code(() => keys.roll('acme', rolled.created.key.id)), 'api-key-inactive');
+  assert.equal(keys.get('acme', rolled.created.key.id).active, false);
+  assert.equal(keys.get('acme', last.created.key.id).active, true);
+
+  const page = keys.events('acme', { limit: 3 });
+  assert.deepEqual(page.events.map((e) => e.kind), ['rolled', 'created', 'rolled']);
+  assert.deepEqual(page.events[0].actor, { via: 'cli', subject: undefined });
+  assert.equal(page.events[0].details.tag, 'rolled');
+  assert.equal(page.events[0].details.val.newKeyId, last.created.key.id);
+  const rest = keys.events('acme', { cursor: page.next });
+  assert.deepEqual(rest.events.map((e) => e.kind), ['created', 'created']);
+  assert.equal(rest.next, undefined);
+  assert.deepEqual(keys.events('globex').events, []);
+});

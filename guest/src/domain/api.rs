@@ -5,15 +5,18 @@
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ErrorCode};
+use super::events::{self, Actor, Via};
 use super::framing;
 use super::headers::{
     API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, end_to_end_headers, is_owned,
     is_plain_authority,
 };
 use super::jwt::{self, Principal};
-use super::keys::{self, KeyStore, Verified};
+use super::keys::{self, KeyStore, NewKey, Verified};
 use super::permission::Permission;
 use super::routes::{self, API_BASE, METHODS};
+use super::secret_scanning::{self, PublicKeys};
+use super::time::now_millis;
 use super::upstream::Upstream;
 
 /// Largest management request body, in bytes.
@@ -39,6 +42,9 @@ pub struct Settings {
     pub jwt_max_lifetime_secs: u64,
     /// Creating a key beyond this many for one tenant is refused.
     pub max_keys_per_tenant: u32,
+    /// GitHub's secret scanning keys: `None` turns the endpoint off; an
+    /// unreadable list keeps it on and refuses every alert (fail closed).
+    pub github_scanning_keys: Option<Result<PublicKeys, String>>,
 }
 
 impl Default for Settings {
@@ -49,6 +55,7 @@ impl Default for Settings {
             upstream_timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
             jwt_max_lifetime_secs: DEFAULT_JWT_MAX_LIFETIME_SECS,
             max_keys_per_tenant: DEFAULT_MAX_KEYS_PER_TENANT,
+            github_scanning_keys: None,
         }
     }
 }
@@ -209,11 +216,20 @@ fn method_not_allowed(allow: &str) -> Reply {
 enum Management<'a> {
     Collection,
     Verify,
+    Events,
     Deactivate(&'a str),
+    Roll(&'a str),
     Key(&'a str),
+    SecretScanning,
 }
 
+/// Where GitHub posts secret scanning alerts.
+pub const SECRET_SCANNING_PATH: &str = "/api/v1/secret-scanning/github";
+
 fn management_route(path: &str) -> Option<Management<'_>> {
+    if path == SECRET_SCANNING_PATH {
+        return Some(Management::SecretScanning);
+    }
     let rest = path.strip_prefix(API_BASE)?.strip_prefix("/api-keys")?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() {
@@ -222,7 +238,9 @@ fn management_route(path: &str) -> Option<Management<'_>> {
     let rest = rest.strip_prefix('/')?;
     match rest.split('/').collect::<Vec<_>>().as_slice() {
         ["verify"] => Some(Management::Verify),
+        ["events"] => Some(Management::Events),
         [id, "deactivate"] if !id.is_empty() => Some(Management::Deactivate(id)),
+        [id, "roll"] if !id.is_empty() => Some(Management::Roll(id)),
         [id] if !id.is_empty() => Some(Management::Key(id)),
         _ => None,
     }
@@ -358,6 +376,10 @@ fn management(
         let request = read_json(head, body)?;
         return verify_endpoint(store, &request, caller);
     }
+    if let Management::SecretScanning = endpoint {
+        // GitHub's signature is the credential.
+        return secret_scanning_endpoint(store, settings, head, body);
+    }
     let principal = match credential(head)? {
         Credential::None => {
             return Err(ApiError::new(
@@ -376,6 +398,10 @@ fn management(
     caller.tenant = Some(principal.tenant.clone());
     caller.subject = principal.subject.clone();
     let tenant = principal.tenant.as_str();
+    let actor = Actor {
+        via: Via::Token,
+        subject: principal.subject.clone(),
+    };
     match (endpoint, head.method) {
         (Management::Collection, "GET") => {
             let list: Vec<Value> = keys::list(store, tenant)?
@@ -386,41 +412,156 @@ fn management(
         }
         (Management::Collection, "POST") => {
             let request = read_json(head, body)?;
-            let (name, permissions) = parse_create(&request)?;
-            let (record, raw) = keys::create(
-                store,
-                tenant,
-                &name,
-                &permissions,
-                settings.max_keys_per_tenant,
-            )?;
+            let (name, permissions, expires_at) = parse_create(&request)?;
+            let new = NewKey {
+                name: &name,
+                permissions: &permissions,
+                expires_at,
+            };
+            let (record, raw) =
+                keys::create(store, tenant, &new, &actor, settings.max_keys_per_tenant)?;
             caller.key_id = Some(record.id.clone());
             Ok(reply(201, record.to_created_json(&raw)))
         }
         (Management::Collection, _) => Ok(method_not_allowed("GET, POST")),
         (Management::Deactivate(id), "POST") => {
             caller.key_id = Some(id.to_owned());
-            Ok(reply(200, keys::deactivate(store, tenant, id)?.to_json()))
+            Ok(reply(
+                200,
+                keys::deactivate(store, tenant, id, &actor)?.to_json(),
+            ))
         }
         (Management::Deactivate(_), _) => Ok(method_not_allowed("POST")),
+        (Management::Roll(id), "POST") => {
+            caller.key_id = Some(id.to_owned());
+            let grace = parse_roll(&read_optional_json(head, body)?)?;
+            let rolled = keys::roll(
+                store,
+                tenant,
+                id,
+                grace,
+                &actor,
+                settings.max_keys_per_tenant,
+            )?;
+            Ok(reply(201, rolled.to_json()))
+        }
+        (Management::Roll(_), _) => Ok(method_not_allowed("POST")),
+        (Management::Events, "GET") => {
+            let query = EventsQuery::parse(head.path_with_query)?;
+            let page = keys::events(
+                store,
+                tenant,
+                query.key_id.as_deref(),
+                query.cursor.as_deref(),
+                query.limit,
+            )?;
+            Ok(reply(200, page.to_json()))
+        }
+        (Management::Events, _) => Ok(method_not_allowed("GET")),
         (Management::Key(id), "GET") => {
             caller.key_id = Some(id.to_owned());
             Ok(reply(200, keys::get(store, tenant, id)?.to_json()))
         }
         (Management::Key(id), "DELETE") => {
             caller.key_id = Some(id.to_owned());
-            keys::delete(store, tenant, id)?;
+            keys::delete(store, tenant, id, &actor)?;
             Ok(reply(200, json!({"deleted": true})))
         }
         (Management::Key(_), _) => Ok(method_not_allowed("GET, DELETE")),
-        (Management::Verify, _) => Ok(method_not_allowed("POST")),
+        (Management::Verify | Management::SecretScanning, _) => Ok(method_not_allowed("POST")),
     }
 }
 
-fn read_json(
+/// `POST /api/v1/secret-scanning/github`: 404 unless configured; the
+/// signature is checked over the exact body before anything is read from it.
+fn secret_scanning_endpoint(
+    store: &dyn KeyStore,
+    settings: &Settings,
     head: &RequestHead<'_>,
     body: &mut dyn BodySource,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<Reply, ApiError> {
+    let Some(keys) = &settings.github_scanning_keys else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownResource,
+            "Secret scanning alerts are not enabled on this server (start it with --github-scanning-keys).",
+        ));
+    };
+    if head.method != "POST" {
+        return Ok(method_not_allowed("POST"));
+    }
+    let keys = keys.as_ref().map_err(|why| {
+        ApiError::internal(format!("the GitHub scanning keys are unusable: {why}"))
+    })?;
+    let identifier = head.values(secret_scanning::KEY_IDENTIFIER_HEADER).next();
+    let signature = head.values(secret_scanning::SIGNATURE_HEADER).next();
+    // Without both headers nothing can verify: refuse before reading the body.
+    if identifier.is_none() || signature.is_none() {
+        secret_scanning::verify(keys, identifier, signature, b"")?;
+    }
+    let bytes = read_body(head, body)?;
+    secret_scanning::verify(keys, identifier, signature, &bytes)?;
+    let alerts = secret_scanning::parse_alerts(&bytes)?;
+    Ok(reply(200, secret_scanning::process(store, &alerts)?))
+}
+
+/// The query of `GET /api-keys/events`.
+struct EventsQuery {
+    limit: u32,
+    cursor: Option<String>,
+    key_id: Option<String>,
+}
+
+impl EventsQuery {
+    fn parse(path_with_query: &str) -> Result<EventsQuery, ApiError> {
+        let mut query = EventsQuery {
+            limit: events::DEFAULT_PAGE,
+            cursor: None,
+            key_id: None,
+        };
+        let Some((_, raw)) = path_with_query.split_once('?') else {
+            return Ok(query);
+        };
+        let mut seen: Vec<String> = Vec::new();
+        for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
+            if seen.iter().any(|s| *s == name) {
+                return Err(ApiError::invalid_request(format!(
+                    "the query gives {} more than once",
+                    name.chars().take(64).collect::<String>()
+                )));
+            }
+            seen.push(name.to_string());
+            match name.as_ref() {
+                "limit" => {
+                    let bad = || {
+                        ApiError::invalid_request(format!(
+                            "limit must be an integer from 1 to {}",
+                            events::MAX_PAGE
+                        ))
+                    };
+                    if value.is_empty()
+                        || value.len() > 3
+                        || !value.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        return Err(bad());
+                    }
+                    query.limit = events::check_limit(value.parse().map_err(|_| bad())?)?;
+                }
+                "cursor" => query.cursor = Some(value.into_owned()),
+                "keyId" => query.key_id = Some(value.into_owned()),
+                other => {
+                    return Err(ApiError::invalid_request(format!(
+                        "unknown query parameter \"{}\"; allowed are limit, cursor, keyId",
+                        other.chars().take(64).collect::<String>()
+                    )));
+                }
+            }
+        }
+        Ok(query)
+    }
+}
+
+/// The whole body, at most [`MAX_BODY_BYTES`].
+fn read_body(head: &RequestHead<'_>, body: &mut dyn BodySource) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -435,13 +576,35 @@ fn read_json(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    let bytes = body.read_limited(MAX_BODY_BYTES).map_err(|e| match e {
+    body.read_limited(MAX_BODY_BYTES).map_err(|e| match e {
         BodyError::TooLarge => too_large(),
         BodyError::Failed(why) => {
             ApiError::invalid_request(format!("the request body could not be read: {why}"))
         }
-    })?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    })
+}
+
+fn read_json(
+    head: &RequestHead<'_>,
+    body: &mut dyn BodySource,
+) -> Result<Map<String, Value>, ApiError> {
+    parse_json_object(&read_body(head, body)?)
+}
+
+/// A JSON object body, or an empty object when there is no body at all.
+fn read_optional_json(
+    head: &RequestHead<'_>,
+    body: &mut dyn BodySource,
+) -> Result<Map<String, Value>, ApiError> {
+    let bytes = read_body(head, body)?;
+    if bytes.is_empty() {
+        return Ok(Map::new());
+    }
+    parse_json_object(&bytes)
+}
+
+fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
             format!("The request body is not valid JSON ({e}). Send a JSON object."),
@@ -476,8 +639,37 @@ fn string_field<'m>(map: &'m Map<String, Value>, field: &str) -> Result<Option<&
     }
 }
 
-fn parse_create(map: &Map<String, Value>) -> Result<(String, Vec<Permission>), ApiError> {
-    reject_unknown_fields(map, &["name", "permissions"])?;
+/// The grace period a roll asks for (0 when not given).
+fn parse_roll(map: &Map<String, Value>) -> Result<u32, ApiError> {
+    reject_unknown_fields(map, &["gracePeriodSeconds"])?;
+    match map.get("gracePeriodSeconds") {
+        None => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n <= keys::MAX_GRACE_PERIOD_SECS)
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "gracePeriodSeconds must be an integer from 0 to {}",
+                    keys::MAX_GRACE_PERIOD_SECS
+                ))
+            }),
+    }
+}
+
+type CreateRequest = (String, Vec<Permission>, Option<u64>);
+
+fn parse_create(map: &Map<String, Value>) -> Result<CreateRequest, ApiError> {
+    reject_unknown_fields(map, &["name", "permissions", "expiresAt"])?;
+    let expires_at = match map.get("expiresAt") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(keys::parse_expiry(text, now_millis())?),
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "expiresAt must be an RFC 3339 timestamp in UTC, such as 2027-01-31T12:00:00Z",
+            ));
+        }
+    };
     let name =
         string_field(map, "name")?.ok_or_else(|| ApiError::invalid_request("name is required"))?;
     let name = keys::check_name(name)?;
@@ -507,7 +699,7 @@ fn parse_create(map: &Map<String, Value>) -> Result<(String, Vec<Permission>), A
         permissions.push(p);
     }
     let permissions = keys::check_permissions(&permissions)?;
-    Ok((name, permissions))
+    Ok((name, permissions, expires_at))
 }
 
 fn verify_endpoint(

@@ -9,6 +9,9 @@ pub enum ErrorCode {
     InvalidToken,
     InvalidApiKey,
     ApiKeyDeactivated,
+    ApiKeyExpired,
+    ApiKeyInactive,
+    InvalidSignature,
     AmbiguousCredentials,
     ApiKeyNotAllowed,
     InsufficientPermission,
@@ -32,6 +35,9 @@ const TABLE: &[(ErrorCode, &str, u16)] = &[
     (ErrorCode::InvalidToken, "invalid_token", 401),
     (ErrorCode::InvalidApiKey, "invalid_api_key", 401),
     (ErrorCode::ApiKeyDeactivated, "api_key_deactivated", 401),
+    (ErrorCode::ApiKeyExpired, "api_key_expired", 401),
+    (ErrorCode::ApiKeyInactive, "api_key_inactive", 409),
+    (ErrorCode::InvalidSignature, "invalid_signature", 401),
     (
         ErrorCode::AmbiguousCredentials,
         "ambiguous_credentials",
@@ -129,7 +135,7 @@ mod tests {
             assert_eq!(code.name(), *name);
             assert_eq!(code.status(), *status);
         }
-        assert_eq!(TABLE.len(), 19);
+        assert_eq!(TABLE.len(), 22);
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! The key lifecycle over a [`KeyStore`]: create, list, deactivate, delete, verify.
+//! The key lifecycle over a [`KeyStore`]: create, list, roll, deactivate,
+//! delete, verify, and the audit trail of those changes.
 
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ErrorCode};
+use super::events::{self, Actor, Details, Event, EventKind, LoggedEvent, Page};
 use super::permission::Permission;
 use super::random;
 use super::raw_key::{KeyFormatError, KeyHash, RawKey};
 use super::routes::{self, RouteError};
-use super::time::{Millis, format_rfc3339, now_millis};
+use super::time::{Millis, format_rfc3339, now_millis, parse_rfc3339};
 
 /// Prefix of every key id.
 pub const ID_PREFIX: &str = "apikey-";
@@ -19,6 +21,10 @@ pub const NAME_MAX_CHARS: usize = 200;
 pub const TENANT_MAX_CHARS: usize = 128;
 /// `lastUsedAt` is written at most this often per key.
 pub const LAST_USED_INTERVAL_MS: Millis = 1000;
+/// How far ahead `expiresAt` may be: ten years, leap days included.
+pub const MAX_EXPIRY_AHEAD_MS: Millis = 3653 * 24 * 60 * 60 * 1000;
+/// The longest grace period a roll may give the old key: seven days.
+pub const MAX_GRACE_PERIOD_SECS: u32 = 7 * 24 * 60 * 60;
 
 /// A key as stored (never with its hash).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,11 +36,23 @@ pub struct KeyRecord {
     pub created_at: Millis,
     pub last_used_at: Option<Millis>,
     pub deactivated_at: Option<Millis>,
+    pub expires_at: Option<Millis>,
 }
 
 impl KeyRecord {
+    /// Neither deactivated nor expired, now.
     pub fn active(&self) -> bool {
-        self.deactivated_at.is_none()
+        self.active_at(now_millis())
+    }
+
+    /// Neither deactivated nor expired at `now`: a key stops at its
+    /// `expires_at` instant exactly.
+    pub fn active_at(&self, now: Millis) -> bool {
+        self.deactivated_at.is_none() && !self.expired_at(now)
+    }
+
+    pub fn expired_at(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
     }
 
     fn permission_names(&self) -> Vec<&'static str> {
@@ -50,6 +68,7 @@ impl KeyRecord {
             "active": self.active(),
             "createdAt": format_rfc3339(self.created_at),
             "lastUsedAt": self.last_used_at.map(format_rfc3339),
+            "expiresAt": self.expires_at.map(format_rfc3339),
         });
         if let (Some(at), Some(obj)) = (self.deactivated_at, v.as_object_mut()) {
             obj.insert("deactivatedAt".into(), json!(format_rfc3339(at)));
@@ -57,15 +76,20 @@ impl KeyRecord {
         v
     }
 
-    /// The create shape: exactly `{id, name, rawKey, permissions, createdAt}`.
+    /// The create shape: `{id, name, rawKey, permissions, createdAt}`, and
+    /// `expiresAt` when the key has one.
     pub fn to_created_json(&self, raw: &RawKey) -> Value {
-        json!({
+        let mut v = json!({
             "id": self.id,
             "name": self.name,
             "rawKey": raw.expose(),
             "permissions": self.permission_names(),
             "createdAt": format_rfc3339(self.created_at),
-        })
+        });
+        if let (Some(at), Some(obj)) = (self.expires_at, v.as_object_mut()) {
+            obj.insert("expiresAt".into(), json!(format_rfc3339(at)));
+        }
+        v
     }
 }
 
@@ -75,6 +99,8 @@ pub enum StoreError {
     Conflict,
     /// The tenant already has the most keys allowed; nothing was written.
     LimitReached,
+    /// `roll` found the old key deactivated or expired; nothing was written.
+    Inactive,
     Unavailable(String),
 }
 
@@ -82,6 +108,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Conflict => ApiError::internal("storage conflict"),
+            StoreError::Inactive => inactive(),
             StoreError::LimitReached => ApiError::new(
                 ErrorCode::KeyLimitReached,
                 "This tenant has the most API keys allowed. Delete keys it no longer needs, then retry.",
@@ -97,19 +124,57 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// One roll, as the store carries it out in one transaction.
+#[derive(Clone, Debug)]
+pub struct Roll<'a> {
+    pub tenant: &'a str,
+    /// The key being replaced.
+    pub id: &'a str,
+    /// Now: the old key must be active at this instant.
+    pub at: Millis,
+    /// The old key's new `expires_at` (unless its own is earlier).
+    pub expires_at: Millis,
+    /// The new key, stored as by `insert`.
+    pub key: &'a KeyRecord,
+    pub hash: &'a KeyHash,
+    pub tenant_limit: u32,
+    /// Written with the change: the new key's `created`, the old key's `rolled`.
+    pub events: &'a [Event],
+}
+
 /// The storage the lifecycle needs; `sigma:api-keys/store` in the component.
+/// Every write takes the event that records it, written in the same
+/// transaction.
 pub trait KeyStore {
     /// Stores a new key unless its tenant already has `tenant_limit` keys.
-    fn insert(&self, key: &KeyRecord, hash: &KeyHash, tenant_limit: u32) -> Result<(), StoreError>;
+    fn insert(
+        &self,
+        key: &KeyRecord,
+        hash: &KeyHash,
+        tenant_limit: u32,
+        event: &Event,
+    ) -> Result<(), StoreError>;
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
     fn list(&self, tenant: &str) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Deactivates the key unless it already is; the event only if it changed.
     fn deactivate(
         &self,
         tenant: &str,
         id: &str,
         at: Millis,
+        event: &Event,
     ) -> Result<Option<KeyRecord>, StoreError>;
-    fn remove(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
+    fn remove(&self, tenant: &str, id: &str, event: &Event) -> Result<bool, StoreError>;
+    /// The old key after the roll; `None` if the tenant has no such key.
+    fn roll(&self, roll: &Roll<'_>) -> Result<Option<KeyRecord>, StoreError>;
+    /// Newest first, before `before`, at most `limit`.
+    fn events(
+        &self,
+        tenant: &str,
+        key_id: Option<&str>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, StoreError>;
     fn record_use(&self, id: &str, at: Millis) -> Result<(), StoreError>;
 }
 
@@ -229,32 +294,86 @@ pub fn get(store: &dyn KeyStore, tenant: &str, id: &str) -> Result<KeyRecord, Ap
         .ok_or_else(|| not_found(id))
 }
 
+/// Checks a requested `expiresAt`: strictly after `now`, at most
+/// [`MAX_EXPIRY_AHEAD_MS`] ahead.
+pub fn check_expiry(expires_at: Millis, now: Millis) -> Result<Millis, ApiError> {
+    if expires_at <= now {
+        return Err(ApiError::invalid_request("expiresAt must be in the future"));
+    }
+    if expires_at - now > MAX_EXPIRY_AHEAD_MS {
+        return Err(ApiError::invalid_request(
+            "expiresAt must be at most 10 years ahead",
+        ));
+    }
+    Ok(expires_at)
+}
+
+/// Parses and checks an `expiresAt` sent as text: RFC 3339 in UTC (`Z`).
+pub fn parse_expiry(text: &str, now: Millis) -> Result<Millis, ApiError> {
+    let at = parse_rfc3339(text).ok_or_else(|| {
+        ApiError::invalid_request(
+            "expiresAt must be an RFC 3339 timestamp in UTC, such as 2027-01-31T12:00:00Z",
+        )
+    })?;
+    check_expiry(at, now)
+}
+
+fn new_record(
+    tenant: &str,
+    name: String,
+    permissions: Vec<Permission>,
+    expires_at: Option<Millis>,
+    now: Millis,
+) -> Result<(KeyRecord, RawKey), ApiError> {
+    let raw = RawKey::generate().map_err(|e| ApiError::internal(format!("random: {}", e.0)))?;
+    let id = random::alphanumeric(ID_RANDOM_LEN)
+        .map_err(|e| ApiError::internal(format!("random: {}", e.0)))?;
+    let record = KeyRecord {
+        id: format!("{ID_PREFIX}{id}"),
+        tenant: tenant.to_owned(),
+        name,
+        permissions,
+        created_at: now,
+        last_used_at: None,
+        deactivated_at: None,
+        expires_at,
+    };
+    Ok((record, raw))
+}
+
+/// What a new key is asked to be.
+#[derive(Clone, Debug)]
+pub struct NewKey<'a> {
+    pub name: &'a str,
+    pub permissions: &'a [Permission],
+    pub expires_at: Option<Millis>,
+}
+
 pub fn create(
     store: &dyn KeyStore,
     tenant: &str,
-    name: &str,
-    permissions: &[Permission],
+    new: &NewKey<'_>,
+    actor: &Actor,
     tenant_limit: u32,
 ) -> Result<(KeyRecord, RawKey), ApiError> {
     check_tenant(tenant)?;
-    let name = check_name(name)?;
-    let permissions = check_permissions(permissions)?;
+    let name = check_name(new.name)?;
+    let permissions = check_permissions(new.permissions)?;
+    let now = now_millis();
+    let expires_at = new.expires_at.map(|at| check_expiry(at, now)).transpose()?;
     // A conflict means a random id or key collided: astronomically unlikely,
     // but a fresh draw is the right answer.
     for _ in 0..3 {
-        let raw = RawKey::generate().map_err(|e| ApiError::internal(format!("random: {}", e.0)))?;
-        let id = random::alphanumeric(ID_RANDOM_LEN)
-            .map_err(|e| ApiError::internal(format!("random: {}", e.0)))?;
-        let record = KeyRecord {
-            id: format!("{ID_PREFIX}{id}"),
-            tenant: tenant.to_owned(),
-            name: name.clone(),
-            permissions: permissions.clone(),
-            created_at: now_millis(),
-            last_used_at: None,
-            deactivated_at: None,
-        };
-        match store.insert(&record, &raw.hash(), tenant_limit) {
+        let (record, raw) = new_record(tenant, name.clone(), permissions.clone(), expires_at, now)?;
+        let event = Event::new(
+            tenant,
+            &record.id,
+            now,
+            EventKind::Created,
+            actor,
+            Details::Nothing,
+        )?;
+        match store.insert(&record, &raw.hash(), tenant_limit, &event) {
             Ok(()) => return Ok((record, raw)),
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e.into()),
@@ -263,20 +382,180 @@ pub fn create(
     Err(ApiError::internal("three insert conflicts in a row"))
 }
 
-pub fn deactivate(store: &dyn KeyStore, tenant: &str, id: &str) -> Result<KeyRecord, ApiError> {
+/// A roll's result: the new key (shown once) and the old key after the roll.
+#[derive(Debug)]
+pub struct Rolled {
+    pub key: KeyRecord,
+    pub raw: RawKey,
+    pub previous: KeyRecord,
+}
+
+impl Rolled {
+    /// The create shape plus `rolledFrom`.
+    pub fn to_json(&self) -> Value {
+        let mut v = self.key.to_created_json(&self.raw);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("rolledFrom".into(), json!(self.previous.id));
+        }
+        v
+    }
+}
+
+fn inactive() -> ApiError {
+    ApiError::new(
+        ErrorCode::ApiKeyInactive,
+        "The API key is deactivated or expired, so it cannot be rolled. Create a new key instead.",
+    )
+}
+
+/// Replaces an active key by a new one with the same name, permissions and
+/// expiry; the old one keeps working for `grace_period_secs`, and never
+/// longer than it would have.
+pub fn roll(
+    store: &dyn KeyStore,
+    tenant: &str,
+    id: &str,
+    grace_period_secs: u32,
+    actor: &Actor,
+    tenant_limit: u32,
+) -> Result<Rolled, ApiError> {
     check_tenant(tenant)?;
+    if grace_period_secs > MAX_GRACE_PERIOD_SECS {
+        return Err(ApiError::invalid_request(format!(
+            "gracePeriodSeconds must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}"
+        )));
+    }
+    let old = get(store, tenant, id)?;
+    let now = now_millis();
+    if !old.active_at(now) {
+        return Err(inactive());
+    }
+    let old_expires_at = now.saturating_add(Millis::from(grace_period_secs) * 1000);
+    for _ in 0..3 {
+        let (record, raw) = new_record(
+            tenant,
+            old.name.clone(),
+            old.permissions.clone(),
+            old.expires_at,
+            now,
+        )?;
+        let events = [
+            Event::new(
+                tenant,
+                &record.id,
+                now,
+                EventKind::Created,
+                actor,
+                Details::Nothing,
+            )?,
+            Event::new(
+                tenant,
+                &old.id,
+                now,
+                EventKind::Rolled,
+                actor,
+                Details::Rolled {
+                    new_key_id: record.id.clone(),
+                    grace_period_seconds: grace_period_secs,
+                },
+            )?,
+        ];
+        let result = store.roll(&Roll {
+            tenant,
+            id: &old.id,
+            at: now,
+            expires_at: old_expires_at,
+            key: &record,
+            hash: &raw.hash(),
+            tenant_limit,
+            events: &events,
+        });
+        match result {
+            Ok(Some(previous)) => {
+                return Ok(Rolled {
+                    key: record,
+                    raw,
+                    previous,
+                });
+            }
+            Ok(None) => return Err(not_found(id)),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::internal("three roll conflicts in a row"))
+}
+
+pub fn deactivate(
+    store: &dyn KeyStore,
+    tenant: &str,
+    id: &str,
+    actor: &Actor,
+) -> Result<KeyRecord, ApiError> {
+    check_tenant(tenant)?;
+    let now = now_millis();
+    let event = Event::new(
+        tenant,
+        id,
+        now,
+        EventKind::Deactivated,
+        actor,
+        Details::Nothing,
+    )?;
     store
-        .deactivate(tenant, id, now_millis())?
+        .deactivate(tenant, id, now, &event)?
         .ok_or_else(|| not_found(id))
 }
 
-pub fn delete(store: &dyn KeyStore, tenant: &str, id: &str) -> Result<(), ApiError> {
+pub fn delete(store: &dyn KeyStore, tenant: &str, id: &str, actor: &Actor) -> Result<(), ApiError> {
     check_tenant(tenant)?;
-    if store.remove(tenant, id)? {
+    let event = Event::new(
+        tenant,
+        id,
+        now_millis(),
+        EventKind::Deleted,
+        actor,
+        Details::Nothing,
+    )?;
+    if store.remove(tenant, id, &event)? {
         Ok(())
     } else {
         Err(not_found(id))
     }
+}
+
+/// Longest `keyId` filter accepted; longer ones cannot name a key.
+const KEY_ID_FILTER_MAX: usize = 128;
+
+/// One page of the tenant's events, newest first.
+pub fn events(
+    store: &dyn KeyStore,
+    tenant: &str,
+    key_id: Option<&str>,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<Page, ApiError> {
+    check_tenant(tenant)?;
+    let limit = events::check_limit(limit)?;
+    if key_id.is_some_and(|id| id.is_empty() || id.len() > KEY_ID_FILTER_MAX) {
+        return Err(ApiError::invalid_request(format!(
+            "keyId must be 1 to {KEY_ID_FILTER_MAX} characters"
+        )));
+    }
+    let before = cursor.map(events::parse_cursor).transpose()?;
+    // One more than asked, to know whether a next page exists.
+    let mut logged = store.events(tenant, key_id, before, limit + 1)?;
+    let more = logged.len() > limit as usize;
+    logged.truncate(limit as usize);
+    let next = if more {
+        logged.last().map(|e| events::cursor_after(e.seq))
+    } else {
+        None
+    };
+    Ok(Page {
+        events: logged.into_iter().map(|e| e.event).collect(),
+        next,
+    })
 }
 
 /// The key behind a raw key, if it is valid and active. One storage read;
@@ -291,7 +570,7 @@ pub fn authenticate(store: &dyn KeyStore, raw: &str) -> Result<KeyRecord, ApiErr
     let record = store
         .find_by_hash(&key.hash())?
         .ok_or_else(|| invalid_key("it is unknown or was deleted"))?;
-    if !record.active() {
+    if record.deactivated_at.is_some() {
         return Err(ApiError::new(
             ErrorCode::ApiKeyDeactivated,
             format!(
@@ -300,7 +579,18 @@ pub fn authenticate(store: &dyn KeyStore, raw: &str) -> Result<KeyRecord, ApiErr
             ),
         ));
     }
-    note_use(store, &record);
+    // One clock read serves the expiry check and the use it records.
+    let now = now_millis();
+    if record.expired_at(now) {
+        return Err(ApiError::new(
+            ErrorCode::ApiKeyExpired,
+            format!(
+                "The API key {} has expired. Use an active key, or roll or create a new one.",
+                record.id
+            ),
+        ));
+    }
+    note_use(store, &record, now);
     Ok(record)
 }
 
@@ -313,8 +603,7 @@ fn invalid_key(why: &str) -> ApiError {
 
 /// Writes `lastUsedAt` at most once per interval per key. A failure here must
 /// not fail the request: the key did authenticate.
-fn note_use(store: &dyn KeyStore, record: &KeyRecord) {
-    let now = now_millis();
+fn note_use(store: &dyn KeyStore, record: &KeyRecord, now: Millis) {
     let due = record
         .last_used_at
         .is_none_or(|last| now >= last.saturating_add(LAST_USED_INTERVAL_MS));
@@ -403,7 +692,302 @@ mod tests {
         name: &str,
         permissions: &[Permission],
     ) -> Result<(KeyRecord, RawKey), ApiError> {
-        super::create(store, tenant, name, permissions, 10_000)
+        create_limited(store, tenant, name, permissions, 10_000)
+    }
+
+    fn create_limited(
+        store: &MemoryStore,
+        tenant: &str,
+        name: &str,
+        permissions: &[Permission],
+        limit: u32,
+    ) -> Result<(KeyRecord, RawKey), ApiError> {
+        let new = NewKey {
+            name,
+            permissions,
+            expires_at: None,
+        };
+        super::create(store, tenant, &new, &Actor::cli(), limit)
+    }
+
+    fn deactivate(store: &MemoryStore, tenant: &str, id: &str) -> Result<KeyRecord, ApiError> {
+        super::deactivate(store, tenant, id, &Actor::cli())
+    }
+
+    fn delete(store: &MemoryStore, tenant: &str, id: &str) -> Result<(), ApiError> {
+        super::delete(store, tenant, id, &Actor::cli())
+    }
+
+    fn token(subject: &str) -> Actor {
+        Actor {
+            via: events::Via::Token,
+            subject: Some(subject.into()),
+        }
+    }
+
+    /// A key whose expiry is set straight in the store, past or near.
+    fn expire(store: &MemoryStore, id: &str, at: Millis) {
+        for (k, _) in store
+            .rows
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(k, _)| k.id == id)
+        {
+            k.expires_at = Some(at);
+        }
+    }
+
+    #[test]
+    fn expiry_must_be_future_and_within_ten_years() {
+        let now = now_millis();
+        let store = MemoryStore::default();
+        for bad in [now - 1, now, now + MAX_EXPIRY_AHEAD_MS + 1000] {
+            let new = NewKey {
+                name: "k",
+                permissions: &[Read],
+                expires_at: Some(bad),
+            };
+            let e = super::create(&store, "acme", &new, &Actor::cli(), 10).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert!(e.message.contains("expiresAt"), "{}", e.message);
+        }
+        assert!(store.rows.borrow().is_empty() && store.events.borrow().is_empty());
+        assert!(parse_expiry("2020-01-01T00:00:00Z", now).is_err());
+        assert!(parse_expiry("2099-01-01T00:00:00+00:00", now).is_err());
+        assert!(parse_expiry("soon", now).is_err());
+        let ahead = format_rfc3339(now + 60_000);
+        assert!(parse_expiry(&ahead, now).is_ok());
+        let new = NewKey {
+            name: "k",
+            permissions: &[Read],
+            expires_at: Some(now + MAX_EXPIRY_AHEAD_MS - 1000),
+        };
+        let (rec, raw) = super::create(&store, "acme", &new, &Actor::cli(), 10).unwrap();
+        assert_eq!(rec.expires_at, new.expires_at);
+        let created = rec.to_created_json(&raw);
+        assert!(created["expiresAt"].is_string());
+        assert_eq!(rec.to_json()["expiresAt"], created["expiresAt"]);
+    }
+
+    #[test]
+    fn an_expired_key_is_refused_and_lists_inactive() {
+        let store = MemoryStore::default();
+        let (rec, raw) = create(&store, "acme", "k", &[Read]).unwrap();
+        assert_eq!(rec.to_json()["expiresAt"], Value::Null);
+        expire(&store, &rec.id, now_millis() - 1);
+        assert_eq!(
+            code(verify(&store, raw.expose(), Read)),
+            ErrorCode::ApiKeyExpired
+        );
+        assert_eq!(
+            code(authorize(&store, raw.expose(), "GET", "/api/v1/records")),
+            ErrorCode::ApiKeyExpired
+        );
+        let listed = list(&store, "acme").unwrap();
+        assert_eq!(listed[0].to_json()["active"], false);
+        // Deactivation is the stronger statement, so it is the one reported.
+        deactivate(&store, "acme", &rec.id).unwrap();
+        assert_eq!(
+            code(verify(&store, raw.expose(), Read)),
+            ErrorCode::ApiKeyDeactivated
+        );
+        // A key stops at its instant exactly.
+        let at = 1_000;
+        let mut k = rec.clone();
+        k.deactivated_at = None;
+        k.expires_at = Some(at);
+        assert!(k.active_at(at - 1) && !k.active_at(at));
+    }
+
+    #[test]
+    fn rolling_replaces_a_key_and_the_old_one_expires_after_its_grace() {
+        let store = MemoryStore::default();
+        let far = now_millis() + 3_600_000;
+        let new = NewKey {
+            name: "sync",
+            permissions: &[Read, UpdateData],
+            expires_at: Some(far),
+        };
+        let (old, old_raw) = super::create(&store, "acme", &new, &Actor::cli(), 10).unwrap();
+        let before = now_millis();
+        let rolled = roll(&store, "acme", &old.id, 30, &token("ops"), 10).unwrap();
+        assert_eq!(rolled.key.name, "sync");
+        assert_eq!(rolled.key.permissions, vec![Read, UpdateData]);
+        assert_eq!(rolled.key.expires_at, Some(far));
+        let grace_end = rolled.previous.expires_at.unwrap();
+        assert!(grace_end >= before + 30_000 && grace_end <= now_millis() + 30_000);
+        let json = rolled.to_json();
+        assert_eq!(json["rolledFrom"], old.id.as_str());
+        assert_eq!(json["rawKey"], rolled.raw.expose());
+        // Both work during the grace period.
+        verify(&store, old_raw.expose(), Read).unwrap();
+        verify(&store, rolled.raw.expose(), Read).unwrap();
+        // A roll never lengthens a key's life.
+        let again = roll(
+            &store,
+            "acme",
+            &old.id,
+            MAX_GRACE_PERIOD_SECS,
+            &token("ops"),
+            10,
+        )
+        .unwrap();
+        assert_eq!(again.previous.expires_at, Some(grace_end));
+        // Grace 0 stops the key at once.
+        let last = roll(&store, "acme", &rolled.key.id, 0, &token("ops"), 10).unwrap();
+        assert_eq!(
+            code(verify(&store, rolled.raw.expose(), Read)),
+            ErrorCode::ApiKeyExpired
+        );
+        verify(&store, last.raw.expose(), Read).unwrap();
+        // The trail: created, then the rolled event on the old key naming the new one.
+        let page = events(&store, "acme", Some(&old.id), None, 100).unwrap();
+        assert_eq!(page.events.len(), 3);
+        assert_eq!(page.events[1].kind, EventKind::Rolled);
+        assert_eq!(
+            page.events[1].details,
+            Details::Rolled {
+                new_key_id: rolled.key.id.clone(),
+                grace_period_seconds: 30
+            }
+        );
+        assert_eq!(page.events[1].actor, token("ops"));
+    }
+
+    #[test]
+    fn only_active_keys_of_the_tenant_roll_and_bad_rolls_change_nothing() {
+        let store = MemoryStore::default();
+        let (a, _) = create(&store, "acme", "a", &[Read]).unwrap();
+        let (b, _) = create(&store, "acme", "b", &[Read]).unwrap();
+        let written = || (store.rows.borrow().len(), store.events.borrow().len());
+        let start = written();
+        assert_eq!(
+            code(roll(
+                &store,
+                "acme",
+                &a.id,
+                MAX_GRACE_PERIOD_SECS + 1,
+                &Actor::cli(),
+                10
+            )),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(roll(&store, "globex", &a.id, 0, &Actor::cli(), 10)),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(roll(&store, "acme", "apikey-nosuch", 0, &Actor::cli(), 10)),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(roll(&store, "acme", &a.id, 0, &Actor::cli(), 2)),
+            ErrorCode::KeyLimitReached
+        );
+        assert_eq!(written(), start);
+        deactivate(&store, "acme", &a.id).unwrap();
+        expire(&store, &b.id, now_millis() - 1);
+        let start = written();
+        for id in [&a.id, &b.id] {
+            let e = roll(&store, "acme", id, 0, &Actor::cli(), 10).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ApiKeyInactive);
+            assert_eq!(e.code.status(), 409);
+        }
+        assert_eq!(written(), start);
+    }
+
+    #[test]
+    fn the_store_refuses_a_roll_of_a_key_that_went_inactive_meanwhile() {
+        let store = MemoryStore::default();
+        let (a, _) = create(&store, "acme", "a", &[Read]).unwrap();
+        let (next, raw) = create(&store, "acme", "spare", &[Read]).unwrap();
+        delete(&store, "acme", &next.id).unwrap();
+        deactivate(&store, "acme", &a.id).unwrap();
+        let events_before = store.events.borrow().len();
+        let result = store.roll(&Roll {
+            tenant: "acme",
+            id: &a.id,
+            at: now_millis(),
+            expires_at: now_millis(),
+            key: &next,
+            hash: &raw.hash(),
+            tenant_limit: 10,
+            events: &[],
+        });
+        assert_eq!(result, Err(StoreError::Inactive));
+        assert_eq!(store.events.borrow().len(), events_before);
+        assert_eq!(store.rows.borrow().len(), 1);
+    }
+
+    #[test]
+    fn every_change_is_one_event_and_tenants_see_only_theirs() {
+        let store = MemoryStore::default();
+        let (a, _) = create(&store, "acme", "a", &[Read]).unwrap();
+        let (g, _) = create(&store, "globex", "g", &[Read]).unwrap();
+        super::deactivate(&store, "acme", &a.id, &token("ann")).unwrap();
+        // Deactivating again changes nothing, so it records nothing.
+        super::deactivate(&store, "acme", &a.id, &token("ann")).unwrap();
+        super::delete(&store, "acme", &a.id, &token("bob")).unwrap();
+        // Failed changes record nothing either.
+        assert!(super::delete(&store, "acme", &a.id, &token("bob")).is_err());
+        assert!(super::deactivate(&store, "acme", &g.id, &token("eve")).is_err());
+        let page = events(&store, "acme", None, None, 100).unwrap();
+        let story: Vec<_> = page
+            .events
+            .iter()
+            .map(|e| (e.kind, e.key_id.as_str(), e.actor.subject.as_deref()))
+            .collect();
+        assert_eq!(
+            story,
+            [
+                (EventKind::Deleted, a.id.as_str(), Some("bob")),
+                (EventKind::Deactivated, a.id.as_str(), Some("ann")),
+                (EventKind::Created, a.id.as_str(), None),
+            ]
+        );
+        assert_eq!(page.next, None);
+        let theirs = events(&store, "globex", None, None, 100).unwrap();
+        assert_eq!(theirs.events.len(), 1);
+        assert_eq!(theirs.events[0].key_id, g.id);
+    }
+
+    #[test]
+    fn events_page_newest_first_with_a_cursor() {
+        let store = MemoryStore::default();
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            ids.push(
+                create(&store, "acme", &format!("k{i}"), &[Read])
+                    .unwrap()
+                    .0
+                    .id,
+            );
+        }
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = events(&store, "acme", None, cursor.as_deref(), 3).unwrap();
+            assert!(page.events.len() <= 3);
+            seen.extend(page.events.iter().map(|e| e.key_id.clone()));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        ids.reverse();
+        assert_eq!(seen, ids);
+        let one = events(&store, "acme", Some(&ids[3]), None, 100).unwrap();
+        assert_eq!(one.events.len(), 1);
+        for bad in [0, 501] {
+            assert_eq!(
+                code(events(&store, "acme", None, None, bad)),
+                ErrorCode::InvalidRequest
+            );
+        }
+        assert_eq!(
+            code(events(&store, "acme", None, Some("x"), 10)),
+            ErrorCode::InvalidRequest
+        );
     }
 
     #[test]
@@ -474,13 +1058,13 @@ mod tests {
     fn a_tenant_gets_at_most_its_limit_of_keys() {
         let store = MemoryStore::default();
         for _ in 0..3 {
-            super::create(&store, "acme", "k", &[Read], 3).unwrap();
+            create_limited(&store, "acme", "k", &[Read], 3).unwrap();
         }
         assert_eq!(
-            code(super::create(&store, "acme", "k", &[Read], 3)),
+            code(create_limited(&store, "acme", "k", &[Read], 3)),
             ErrorCode::KeyLimitReached
         );
-        assert!(super::create(&store, "globex", "k", &[Read], 3).is_ok());
+        assert!(create_limited(&store, "globex", "k", &[Read], 3).is_ok());
         assert_eq!(store.rows.borrow().len(), 4);
     }
 

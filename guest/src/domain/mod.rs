@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod error;
+pub mod events;
 pub mod framing;
 pub mod headers;
 pub mod jwt;
@@ -11,5 +12,6 @@ pub mod permission;
 pub mod random;
 pub mod raw_key;
 pub mod routes;
+pub mod secret_scanning;
 pub mod time;
 pub mod upstream;

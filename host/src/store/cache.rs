@@ -143,6 +143,7 @@ mod tests {
             created_at: 1,
             last_used_at: None,
             deactivated_at: None,
+            expires_at: None,
         }
     }
 

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-pub use crate::bindings::sigma::api_keys::store::{Permission, StoreError, StoredKey as KeyRecord};
+pub use crate::bindings::sigma::api_keys::store::{
+    ActorVia, EventKind, LoggedEvent, Permission, StoreError, StoredEvent as Event,
+    StoredKey as KeyRecord,
+};
 
 pub mod cache;
 pub mod postgres;
@@ -50,6 +53,80 @@ pub(crate) fn permissions_to_text(permissions: &[Permission]) -> String {
     names.join(",")
 }
 
+/// Event kinds as stored; they never change once written.
+const EVENT_KIND_NAMES: [(EventKind, &str); 5] = [
+    (EventKind::Created, "created"),
+    (EventKind::Deactivated, "deactivated"),
+    (EventKind::Deleted, "deleted"),
+    (EventKind::Rolled, "rolled"),
+    (EventKind::Leaked, "leaked"),
+];
+
+/// Actor kinds as stored; they never change once written.
+const VIA_NAMES: [(ActorVia, &str); 3] = [
+    (ActorVia::Token, "token"),
+    (ActorVia::Cli, "cli"),
+    (ActorVia::SecretScanning, "secret-scanning"),
+];
+
+pub(crate) fn event_kind_text(kind: EventKind) -> &'static str {
+    EVENT_KIND_NAMES
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("unknown", |(_, n)| *n)
+}
+
+pub(crate) fn event_kind_named(name: &str) -> Option<EventKind> {
+    EVENT_KIND_NAMES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(k, _)| *k)
+}
+
+pub(crate) fn via_text(via: ActorVia) -> &'static str {
+    VIA_NAMES
+        .iter()
+        .find(|(v, _)| *v == via)
+        .map_or("unknown", |(_, n)| *n)
+}
+
+pub(crate) fn via_named(name: &str) -> Option<ActorVia> {
+    VIA_NAMES.iter().find(|(_, n)| *n == name).map(|(v, _)| *v)
+}
+
+/// One roll (the WIT `store.roll`): all of it commits, or none of it.
+#[derive(Clone, Debug)]
+pub struct Roll {
+    pub tenant: String,
+    /// The key being replaced.
+    pub id: String,
+    /// The old key must be active at this instant.
+    pub at: u64,
+    /// The old key's new `expires_at`, unless its own is earlier.
+    pub expires_at: u64,
+    /// The new key and its hash, stored as by `insert`.
+    pub key: KeyRecord,
+    pub hash: Vec<u8>,
+    pub tenant_limit: u32,
+    pub events: Vec<Event>,
+}
+
+/// Neither deactivated nor expired at `at`: the rule the WIT `store.roll`
+/// states, so every backend checks it inside its transaction.
+pub(crate) fn active_at(key: &KeyRecord, at: u64) -> bool {
+    key.deactivated_at.is_none() && key.expires_at.is_none_or(|e| e > at)
+}
+
+/// Newest first, by `seq`: what `KeyStore::events` asks for.
+#[derive(Clone, Debug)]
+pub struct EventQuery {
+    pub tenant: String,
+    pub key_id: Option<String>,
+    /// Only events with a smaller `seq`.
+    pub before: Option<u64>,
+    pub limit: u32,
+}
+
 /// The permission stored under `name`.
 pub(crate) fn permission_named(name: &str) -> Option<Permission> {
     PERMISSION_NAMES
@@ -60,17 +137,21 @@ pub(crate) fn permission_named(name: &str) -> Option<Permission> {
 
 /// The operations of the WIT `store` interface, for any backend.
 ///
-/// Writes return only after their transaction commits. A key that a write
-/// deactivates or deletes is refused by this process from the moment the
-/// write returns, and by every other process within the backend's bound.
+/// Writes return only after their transaction commits, and each writes the
+/// event that records it in that same transaction. A key that a write
+/// deactivates, expires or deletes is refused by this process from the
+/// moment the write returns, and by every other process within the
+/// backend's bound.
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync {
-    /// Stores a new key unless its tenant already has `tenant_limit` keys.
+    /// Stores a new key and its event unless its tenant already has
+    /// `tenant_limit` keys.
     async fn insert(
         &self,
         key: KeyRecord,
         hash: Vec<u8>,
         tenant_limit: u32,
+        event: Event,
     ) -> Result<(), StoreError>;
     /// The cached record for `hash` when the cache is known to be current:
     /// no I/O, safe on an async worker. `None` means "ask
@@ -80,15 +161,22 @@ pub trait KeyStore: Send + Sync {
     async fn find_by_hash(&self, hash: Vec<u8>) -> Result<Option<KeyRecord>, StoreError>;
     /// The tenant's keys, oldest first.
     async fn list(&self, tenant: String) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Sets `deactivated_at` unless already set; the record after the write.
+    /// Sets `deactivated_at` unless already set (writing `event` only
+    /// then); the record after the write.
     async fn deactivate(
         &self,
         tenant: String,
         id: String,
         at: u64,
+        event: Event,
     ) -> Result<Option<KeyRecord>, StoreError>;
-    /// Deletes the key; whether there was one.
-    async fn remove(&self, tenant: String, id: String) -> Result<bool, StoreError>;
+    /// Deletes the key and writes `event`; whether there was one.
+    async fn remove(&self, tenant: String, id: String, event: Event) -> Result<bool, StoreError>;
+    /// Replaces an active key (see the WIT `store.roll`); the old key's
+    /// record after the change, `None` if the tenant has no such key.
+    async fn roll(&self, roll: Roll) -> Result<Option<KeyRecord>, StoreError>;
+    /// A tenant's events, newest first.
+    async fn events(&self, query: EventQuery) -> Result<Vec<LoggedEvent>, StoreError>;
     /// Notes a use, written with others within [`USE_FLUSH_INTERVAL`];
     /// never waits for the database.
     fn record_use(&self, id: &str, at: u64);

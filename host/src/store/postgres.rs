@@ -39,8 +39,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::cache::{KeyCache, PendingUses};
 use super::{
-    KeyRecord, KeyStore, Options, StoreError, USE_FLUSH_INTERVAL, permission_named,
-    permissions_to_text,
+    ActorVia, Event, EventKind, EventQuery, KeyRecord, KeyStore, LoggedEvent, Options, Roll,
+    StoreError, USE_FLUSH_INTERVAL, active_at, event_kind_named, event_kind_text, permission_named,
+    permissions_to_text, via_named, via_text,
 };
 
 /// The channel changes are announced on.
@@ -110,9 +111,33 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER api_keys_counted
         AFTER INSERT OR DELETE OR UPDATE OF tenant ON api_keys
         FOR EACH ROW EXECUTE FUNCTION sigma_key_counted();",
+    // 2: expiry, which decides lookups too (so its changes go into the
+    // feed), and the audit trail, written in the same transaction as each
+    // change.
+    "ALTER TABLE api_keys ADD COLUMN expires_at BIGINT;
+    DROP TRIGGER api_keys_changed ON api_keys;
+    CREATE TRIGGER api_keys_changed
+        AFTER UPDATE OF id, tenant, name, key_hash, permissions, created_at, deactivated_at, expires_at
+        OR DELETE ON api_keys
+        FOR EACH ROW EXECUTE FUNCTION sigma_key_changed();
+    CREATE TABLE key_events (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        via TEXT NOT NULL,
+        subject TEXT,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX key_events_by_tenant ON key_events (tenant, seq);
+    CREATE INDEX key_events_by_key ON key_events (tenant, key_id, seq);",
 ];
 
-const COLUMNS: &str = "id, tenant, name, permissions, created_at, last_used_at, deactivated_at";
+const COLUMNS: &str =
+    "id, tenant, name, permissions, created_at, last_used_at, deactivated_at, expires_at";
+const EVENT_COLUMNS: &str = "seq, id, tenant, key_id, at, kind, via, subject, details";
 
 /// A PostgreSQL URL, as given to `--db`: `sslmode` (`disable`, `prefer`
 /// (the default), `require`, `verify-ca`, `verify-full`) and `sslrootcert`
@@ -490,11 +515,12 @@ impl PgStore {
             let tx = client.transaction().await?;
             let insert = tx
                 .prepare(
-                    "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (id) DO UPDATE SET
                         deactivated_at = coalesce(api_keys.deactivated_at, EXCLUDED.deactivated_at),
-                        last_used_at = greatest(api_keys.last_used_at, EXCLUDED.last_used_at)
+                        last_used_at = greatest(api_keys.last_used_at, EXCLUDED.last_used_at),
+                        expires_at = least(api_keys.expires_at, EXCLUDED.expires_at)
                      WHERE api_keys.key_hash = EXCLUDED.key_hash
                      RETURNING (xmax = 0)",
                 )
@@ -513,6 +539,7 @@ impl PgStore {
                             &to_sql_time(key.created_at),
                             &key.last_used_at.map(to_sql_time),
                             &key.deactivated_at.map(to_sql_time),
+                            &key.expires_at.map(to_sql_time),
                         ],
                     )
                     .await?;
@@ -532,6 +559,48 @@ impl PgStore {
             Ok(Ok(Err(id))) => Err(StoreError::Unavailable(format!(
                 "the target already has a different key with the id {id}"
             ))),
+            Ok(Err(e)) => Err(db_error(&e)),
+            Err(_) => Err(StoreError::Unavailable("the copy timed out".into())),
+        }
+    }
+
+    /// Copies events in, oldest first, after the ones already here (for
+    /// `sigma-keys migrate`); an event already here (by id) is skipped.
+    /// Returns how many were new.
+    pub async fn import_events(&self, events: &[Event]) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let run = async {
+            let tx = client.transaction().await?;
+            let insert = tx
+                .prepare(
+                    "INSERT INTO key_events (id, tenant, key_id, at, kind, via, subject, details)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .await?;
+            let mut added = 0;
+            for e in events {
+                added += tx
+                    .execute(
+                        &insert,
+                        &[
+                            &e.id,
+                            &e.tenant,
+                            &e.key_id,
+                            &to_sql_time(e.at),
+                            &event_kind_text(e.kind),
+                            &via_text(e.via),
+                            &e.subject,
+                            &e.details,
+                        ],
+                    )
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<u64, tokio_postgres::Error>(added)
+        };
+        match tokio::time::timeout(Duration::from_secs(300), run).await {
+            Ok(Ok(added)) => Ok(added),
             Ok(Err(e)) => Err(db_error(&e)),
             Err(_) => Err(StoreError::Unavailable("the copy timed out".into())),
         }
@@ -592,42 +661,14 @@ impl KeyStore for PgStore {
         key: KeyRecord,
         hash: Vec<u8>,
         tenant_limit: u32,
+        event: Event,
     ) -> Result<(), StoreError> {
-        let permissions = permissions_to_text(&key.permissions);
         let inserted = call(self, async |client| {
             let tx = client.transaction().await?;
-            // Creates for one tenant take turns on its count row, so two
-            // racing creates cannot both pass the limit.
-            tx.execute(
-                "INSERT INTO tenant_key_counts (tenant, keys) VALUES ($1, 0) ON CONFLICT (tenant) DO NOTHING",
-                &[&key.tenant],
-            )
-            .await?;
-            let count: i64 = tx
-                .query_one(
-                    "SELECT keys FROM tenant_key_counts WHERE tenant = $1 FOR UPDATE",
-                    &[&key.tenant],
-                )
-                .await?
-                .try_get(0)?;
-            if count >= i64::from(tenant_limit) {
+            if !insert_counted(&tx, &key, &hash, tenant_limit).await? {
                 return Ok(false);
             }
-            tx.execute(
-                "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &key.id,
-                    &key.tenant,
-                    &key.name,
-                    &hash,
-                    &permissions,
-                    &to_sql_time(key.created_at),
-                    &key.last_used_at.map(to_sql_time),
-                    &key.deactivated_at.map(to_sql_time),
-                ],
-            )
-            .await?;
+            insert_events(&tx, std::slice::from_ref(&event)).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -703,15 +744,20 @@ impl KeyStore for PgStore {
         tenant: String,
         id: String,
         at: u64,
+        event: Event,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let found = call(self, async |client| {
             let tx = client.transaction().await?;
-            tx.execute(
-                "UPDATE api_keys SET deactivated_at = $3
-                 WHERE tenant = $1 AND id = $2 AND deactivated_at IS NULL",
-                &[&tenant, &id, &to_sql_time(at)],
-            )
-            .await?;
+            let changed = tx
+                .execute(
+                    "UPDATE api_keys SET deactivated_at = $3
+                     WHERE tenant = $1 AND id = $2 AND deactivated_at IS NULL",
+                    &[&tenant, &id, &to_sql_time(at)],
+                )
+                .await?;
+            if changed > 0 {
+                insert_events(&tx, std::slice::from_ref(&event)).await?;
+            }
             let row = tx
                 .query_opt(
                     &format!("SELECT {COLUMNS} FROM api_keys WHERE tenant = $1 AND id = $2"),
@@ -735,18 +781,105 @@ impl KeyStore for PgStore {
             .transpose()
     }
 
-    async fn remove(&self, tenant: String, id: String) -> Result<bool, StoreError> {
+    async fn remove(&self, tenant: String, id: String, event: Event) -> Result<bool, StoreError> {
         let removed = call(self, async |client| {
-            client
+            let tx = client.transaction().await?;
+            let removed = tx
                 .execute(
                     "DELETE FROM api_keys WHERE tenant = $1 AND id = $2",
                     &[&tenant, &id],
                 )
-                .await
+                .await?
+                > 0;
+            if removed {
+                insert_events(&tx, std::slice::from_ref(&event)).await?;
+            }
+            tx.commit().await?;
+            Ok(removed)
         })
         .await;
         self.evict_id(&id);
-        Ok(removed? > 0)
+        removed
+    }
+
+    async fn roll(&self, roll: Roll) -> Result<Option<KeyRecord>, StoreError> {
+        let outcome = call(self, async |client| {
+            let tx = client.transaction().await?;
+            // The old key's row is locked first, so a racing deactivate or
+            // roll of it waits for this one (or this one for it).
+            let old = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {COLUMNS} FROM api_keys WHERE tenant = $1 AND id = $2 FOR UPDATE"
+                    ),
+                    &[&roll.tenant, &roll.id],
+                )
+                .await?;
+            let Some(old) = old else {
+                return Ok(Ok(None));
+            };
+            let old = match record(&old) {
+                Ok(old) => old,
+                Err(e) => return Ok(Err(e)),
+            };
+            if !active_at(&old, roll.at) {
+                return Ok(Err(StoreError::Inactive));
+            }
+            if !insert_counted(&tx, &roll.key, &roll.hash, roll.tenant_limit).await? {
+                return Ok(Err(StoreError::LimitReached));
+            }
+            let after = tx
+                .query_one(
+                    &format!(
+                        "UPDATE api_keys SET expires_at = least(coalesce(expires_at, $3), $3)
+                         WHERE tenant = $1 AND id = $2 RETURNING {COLUMNS}"
+                    ),
+                    &[&roll.tenant, &roll.id, &to_sql_time(roll.expires_at)],
+                )
+                .await?;
+            insert_events(&tx, &roll.events).await?;
+            tx.commit().await?;
+            Ok(Ok(Some(after)))
+        })
+        .await;
+        // As for deactivate: refused at once here, elsewhere through the feed.
+        self.evict_id(&roll.id);
+        match outcome?? {
+            None => Ok(None),
+            Some(row) => {
+                let mut after = record(&row)?;
+                self.with_pending_use(&mut after);
+                Ok(Some(after))
+            }
+        }
+    }
+
+    async fn events(&self, query: EventQuery) -> Result<Vec<LoggedEvent>, StoreError> {
+        let before = query
+            .before
+            .map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let rows = call(self, async |client| {
+            let statement = client
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM key_events
+                     WHERE tenant = $1 AND ($2::text IS NULL OR key_id = $2) AND seq < $3
+                     ORDER BY seq DESC LIMIT $4"
+                ))
+                .await?;
+            client
+                .query(
+                    &statement,
+                    &[
+                        &query.tenant,
+                        &query.key_id,
+                        &before,
+                        &i64::from(query.limit),
+                    ],
+                )
+                .await
+        })
+        .await?;
+        rows.iter().map(logged_event).collect()
     }
 
     fn record_use(&self, id: &str, at: u64) {
@@ -1040,6 +1173,111 @@ fn from_sql_time(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// Inserts a key unless its tenant has `tenant_limit` keys; whether it did.
+async fn insert_counted(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: &KeyRecord,
+    hash: &[u8],
+    tenant_limit: u32,
+) -> Result<bool, tokio_postgres::Error> {
+    // Creates for one tenant take turns on its count row, so two racing
+    // creates cannot both pass the limit.
+    tx.execute(
+        "INSERT INTO tenant_key_counts (tenant, keys) VALUES ($1, 0) ON CONFLICT (tenant) DO NOTHING",
+        &[&key.tenant],
+    )
+    .await?;
+    let count: i64 = tx
+        .query_one(
+            "SELECT keys FROM tenant_key_counts WHERE tenant = $1 FOR UPDATE",
+            &[&key.tenant],
+        )
+        .await?
+        .try_get(0)?;
+    if count >= i64::from(tenant_limit) {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &key.id,
+            &key.tenant,
+            &key.name,
+            &hash,
+            &permissions_to_text(&key.permissions),
+            &to_sql_time(key.created_at),
+            &key.last_used_at.map(to_sql_time),
+            &key.deactivated_at.map(to_sql_time),
+            &key.expires_at.map(to_sql_time),
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn insert_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[Event],
+) -> Result<(), tokio_postgres::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO key_events (id, tenant, key_id, at, kind, via, subject, details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?;
+    for e in events {
+        tx.execute(
+            &insert,
+            &[
+                &e.id,
+                &e.tenant,
+                &e.key_id,
+                &to_sql_time(e.at),
+                &event_kind_text(e.kind),
+                &via_text(e.via),
+                &e.subject,
+                &e.details,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn logged_event(row: &Row) -> Result<LoggedEvent, StoreError> {
+    let read = || -> Result<(i64, Event, String, String), tokio_postgres::Error> {
+        let kind: String = row.try_get(5)?;
+        let via: String = row.try_get(6)?;
+        Ok((
+            row.try_get(0)?,
+            Event {
+                id: row.try_get(1)?,
+                tenant: row.try_get(2)?,
+                key_id: row.try_get(3)?,
+                at: from_sql_time(row.try_get(4)?),
+                kind: EventKind::Created,
+                via: ActorVia::Cli,
+                subject: row.try_get(7)?,
+                details: row.try_get(8)?,
+            },
+            kind,
+            via,
+        ))
+    };
+    let (seq, mut event, kind, via) = read().map_err(|e| db_error(&e))?;
+    let bad = |what: &str| StoreError::Unavailable(format!("event {seq} has an unknown {what}"));
+    event.kind = event_kind_named(&kind).ok_or_else(|| bad("kind"))?;
+    event.via = via_named(&via).ok_or_else(|| bad("actor"))?;
+    Ok(LoggedEvent {
+        seq: u64::try_from(seq).unwrap_or(0),
+        event,
+    })
+}
+
 fn record(row: &Row) -> Result<KeyRecord, StoreError> {
     let read = || -> Result<KeyRecord, tokio_postgres::Error> {
         Ok(KeyRecord {
@@ -1050,6 +1288,7 @@ fn record(row: &Row) -> Result<KeyRecord, StoreError> {
             created_at: from_sql_time(row.try_get(4)?),
             last_used_at: row.try_get::<_, Option<i64>>(5)?.map(from_sql_time),
             deactivated_at: row.try_get::<_, Option<i64>>(6)?.map(from_sql_time),
+            expires_at: row.try_get::<_, Option<i64>>(7)?.map(from_sql_time),
         })
     };
     let mut key = read().map_err(|e| db_error(&e))?;

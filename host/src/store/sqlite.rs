@@ -33,8 +33,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 
 use super::cache::{KeyCache, PendingUses};
 use super::{
-    KeyRecord, KeyStore, Permission, StoreError, USE_FLUSH_INTERVAL, permission_named,
-    permissions_to_text,
+    Event, EventQuery, KeyRecord, KeyStore, LoggedEvent, Permission, Roll, StoreError,
+    USE_FLUSH_INTERVAL, active_at, event_kind_named, event_kind_text, permission_named,
+    permissions_to_text, via_named, via_text,
 };
 
 /// The longest any call waits for another connection's lock.
@@ -98,8 +99,33 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO tenant_key_counts (tenant, keys) VALUES (NEW.tenant, 1)
             ON CONFLICT (tenant) DO UPDATE SET keys = keys + 1;
     END;",
+    // 3: expiry, which decides lookups too (so its changes evict), and the
+    // audit trail, written in the same transaction as each change.
+    "ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+    DROP TRIGGER api_keys_updated;
+    CREATE TRIGGER api_keys_updated
+        AFTER UPDATE OF id, tenant, name, key_hash, permissions, created_at, deactivated_at, expires_at
+        ON api_keys
+    BEGIN
+        INSERT INTO key_changes (key_hash) VALUES (OLD.key_hash);
+    END;
+    CREATE TABLE key_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        via TEXT NOT NULL,
+        subject TEXT,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX key_events_by_tenant ON key_events (tenant, seq);
+    CREATE INDEX key_events_by_key ON key_events (tenant, key_id, seq);",
 ];
-const COLUMNS: &str = "id, tenant, name, permissions, created_at, last_used_at, deactivated_at";
+const COLUMNS: &str =
+    "id, tenant, name, permissions, created_at, last_used_at, deactivated_at, expires_at";
+const EVENT_COLUMNS: &str = "seq, id, tenant, key_id, at, kind, via, subject, details";
 
 /// The bytes of SQLite's WAL-index header that every commit rewrites: the two
 /// 48-byte copies of `WalIndexHdr` at the start of `<db>-shm`
@@ -274,39 +300,90 @@ impl Db {
         result
     }
 
-    /// Stores a new key unless its tenant already has `tenant_limit` keys.
+    /// Stores a new key and its event unless its tenant already has
+    /// `tenant_limit` keys.
     pub fn insert(
         &self,
         key: &KeyRecord,
         hash: &[u8],
         tenant_limit: u32,
+        event: &Event,
     ) -> Result<(), StoreError> {
         let inserted = self.write(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let n = tx
-                .prepare_cached(
-                    "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
-                     WHERE coalesce((SELECT keys FROM tenant_key_counts WHERE tenant = ?2), 0) < ?9",
-                )?
-                .execute(params![
-                    key.id,
-                    key.tenant,
-                    key.name,
-                    hash,
-                    permissions_to_text(&key.permissions),
-                    to_sql_time(key.created_at),
-                    key.last_used_at.map(to_sql_time),
-                    key.deactivated_at.map(to_sql_time),
-                    tenant_limit,
-                ])?;
-            tx.commit()?;
+            let n = insert_counted(&tx, key, hash, tenant_limit)?;
+            if n > 0 {
+                insert_events(&tx, std::slice::from_ref(event))?;
+                tx.commit()?;
+            }
             Ok(n)
         })?;
         if inserted == 0 {
             return Err(StoreError::LimitReached);
         }
         Ok(())
+    }
+
+    /// Replaces an active key by a new one, in one transaction.
+    pub fn roll(&self, roll: &Roll) -> Result<Option<KeyRecord>, StoreError> {
+        let outcome = self.write(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let old = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM api_keys WHERE tenant = ?1 AND id = ?2"
+                ))?
+                .query_row([&roll.tenant, &roll.id], record)
+                .optional()?;
+            let Some(old) = old else {
+                return Ok(Rolled::NotFound);
+            };
+            if !active_at(&old, roll.at) {
+                return Ok(Rolled::Inactive);
+            }
+            if insert_counted(&tx, &roll.key, &roll.hash, roll.tenant_limit)? == 0 {
+                return Ok(Rolled::LimitReached);
+            }
+            tx.prepare_cached(
+                "UPDATE api_keys SET expires_at = min(coalesce(expires_at, ?3), ?3)
+                 WHERE tenant = ?1 AND id = ?2",
+            )?
+            .execute(params![roll.tenant, roll.id, to_sql_time(roll.expires_at)])?;
+            insert_events(&tx, &roll.events)?;
+            let after = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM api_keys WHERE tenant = ?1 AND id = ?2"
+                ))?
+                .query_row([&roll.tenant, &roll.id], record)?;
+            prune_changes(&tx)?;
+            tx.commit()?;
+            Ok(Rolled::Done(after))
+        })?;
+        match outcome {
+            Rolled::Done(mut after) => {
+                self.with_pending_use(&mut after);
+                Ok(Some(after))
+            }
+            Rolled::NotFound => Ok(None),
+            Rolled::Inactive => Err(StoreError::Inactive),
+            Rolled::LimitReached => Err(StoreError::LimitReached),
+        }
+    }
+
+    /// A tenant's events, newest first.
+    pub fn events(&self, query: &EventQuery) -> Result<Vec<LoggedEvent>, StoreError> {
+        let before = query.before.map_or(i64::MAX, to_sql_seq);
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM key_events
+                 WHERE tenant = ?1 AND (?2 IS NULL OR key_id = ?2) AND seq < ?3
+                 ORDER BY seq DESC LIMIT ?4"
+            ))?
+            .query_map(
+                params![query.tenant, query.key_id, before, query.limit],
+                logged_event,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
     }
 
     /// The cached record for `hash`, if nothing was committed since it was
@@ -428,14 +505,19 @@ impl Db {
         tenant: &str,
         id: &str,
         at: u64,
+        event: &Event,
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.write(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.prepare_cached(
-                "UPDATE api_keys SET deactivated_at = ?3
-                 WHERE tenant = ?1 AND id = ?2 AND deactivated_at IS NULL",
-            )?
-            .execute(params![tenant, id, to_sql_time(at)])?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE api_keys SET deactivated_at = ?3
+                     WHERE tenant = ?1 AND id = ?2 AND deactivated_at IS NULL",
+                )?
+                .execute(params![tenant, id, to_sql_time(at)])?;
+            if changed > 0 {
+                insert_events(&tx, std::slice::from_ref(event))?;
+            }
             let found = tx
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM api_keys WHERE tenant = ?1 AND id = ?2"
@@ -454,13 +536,16 @@ impl Db {
         })
     }
 
-    pub fn remove(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+    pub fn remove(&self, tenant: &str, id: &str, event: &Event) -> Result<bool, StoreError> {
         self.write(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let removed = tx
                 .prepare_cached("DELETE FROM api_keys WHERE tenant = ?1 AND id = ?2")?
                 .execute([tenant, id])?
                 > 0;
+            if removed {
+                insert_events(&tx, std::slice::from_ref(event))?;
+            }
             prune_changes(&tx)?;
             tx.commit()?;
             Ok(removed)
@@ -473,13 +558,24 @@ impl Db {
             c.prepare(&format!(
                 "SELECT {COLUMNS}, key_hash FROM api_keys ORDER BY created_at, rowid"
             ))?
-            .query_map([], |row| Ok((record(row)?, row.get::<_, Vec<u8>>(7)?)))?
+            .query_map([], |row| Ok((record(row)?, row.get::<_, Vec<u8>>(8)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         for (key, _) in &mut all {
             self.with_pending_use(key);
         }
         Ok(all)
+    }
+
+    /// Every event, oldest first (for `sigma-keys migrate`).
+    pub fn export_events(&self) -> Result<Vec<Event>, StoreError> {
+        self.read(|c| {
+            c.prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM key_events ORDER BY seq"
+            ))?
+            .query_map([], |row| logged_event(row).map(|e| e.event))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
     }
 
     fn with_pending_use(&self, record: &mut KeyRecord) {
@@ -649,6 +745,85 @@ fn migrate(conn: &Connection) -> Result<()> {
     }
 }
 
+/// What a roll found, inside its transaction.
+enum Rolled {
+    Done(KeyRecord),
+    NotFound,
+    Inactive,
+    LimitReached,
+}
+
+/// Inserts a key unless its tenant has `tenant_limit` keys; rows inserted.
+fn insert_counted(
+    tx: &rusqlite::Transaction<'_>,
+    key: &KeyRecord,
+    hash: &[u8],
+    tenant_limit: u32,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at, last_used_at, deactivated_at, expires_at)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+         WHERE coalesce((SELECT keys FROM tenant_key_counts WHERE tenant = ?2), 0) < ?10",
+    )?
+    .execute(params![
+        key.id,
+        key.tenant,
+        key.name,
+        hash,
+        permissions_to_text(&key.permissions),
+        to_sql_time(key.created_at),
+        key.last_used_at.map(to_sql_time),
+        key.deactivated_at.map(to_sql_time),
+        key.expires_at.map(to_sql_time),
+        tenant_limit,
+    ])
+}
+
+fn insert_events(tx: &rusqlite::Transaction<'_>, events: &[Event]) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO key_events (id, tenant, key_id, at, kind, via, subject, details)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for e in events {
+        insert.execute(params![
+            e.id,
+            e.tenant,
+            e.key_id,
+            to_sql_time(e.at),
+            event_kind_text(e.kind),
+            via_text(e.via),
+            e.subject,
+            e.details,
+        ])?;
+    }
+    Ok(())
+}
+
+fn to_sql_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn logged_event(row: &Row<'_>) -> rusqlite::Result<LoggedEvent> {
+    let bad = |i: usize, what: String| {
+        rusqlite::Error::InvalidColumnType(i, what, rusqlite::types::Type::Text)
+    };
+    let kind: String = row.get(5)?;
+    let via: String = row.get(6)?;
+    Ok(LoggedEvent {
+        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        event: Event {
+            id: row.get(1)?,
+            tenant: row.get(2)?,
+            key_id: row.get(3)?,
+            at: from_sql_time(row.get(4)?),
+            kind: event_kind_named(&kind).ok_or_else(|| bad(5, format!("event kind {kind}")))?,
+            via: via_named(&via).ok_or_else(|| bad(6, format!("actor {via}")))?,
+            subject: row.get(7)?,
+            details: row.get(8)?,
+        },
+    })
+}
+
 fn store_error(e: rusqlite::Error) -> StoreError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
@@ -692,6 +867,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         created_at: from_sql_time(row.get(4)?),
         last_used_at: row.get::<_, Option<i64>>(5)?.map(from_sql_time),
         deactivated_at: row.get::<_, Option<i64>>(6)?.map(from_sql_time),
+        expires_at: row.get::<_, Option<i64>>(7)?.map(from_sql_time),
     })
 }
 
@@ -733,8 +909,9 @@ impl KeyStore for SqliteStore {
         key: KeyRecord,
         hash: Vec<u8>,
         tenant_limit: u32,
+        event: Event,
     ) -> Result<(), StoreError> {
-        self.blocking(move |db| db.insert(&key, &hash, tenant_limit))
+        self.blocking(move |db| db.insert(&key, &hash, tenant_limit, &event))
             .await
     }
     fn cached(&self, hash: &[u8]) -> Option<KeyRecord> {
@@ -751,12 +928,20 @@ impl KeyStore for SqliteStore {
         tenant: String,
         id: String,
         at: u64,
+        event: Event,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.blocking(move |db| db.deactivate(&tenant, &id, at))
+        self.blocking(move |db| db.deactivate(&tenant, &id, at, &event))
             .await
     }
-    async fn remove(&self, tenant: String, id: String) -> Result<bool, StoreError> {
-        self.blocking(move |db| db.remove(&tenant, &id)).await
+    async fn remove(&self, tenant: String, id: String, event: Event) -> Result<bool, StoreError> {
+        self.blocking(move |db| db.remove(&tenant, &id, &event))
+            .await
+    }
+    async fn roll(&self, roll: Roll) -> Result<Option<KeyRecord>, StoreError> {
+        self.blocking(move |db| db.roll(&roll)).await
+    }
+    async fn events(&self, query: EventQuery) -> Result<Vec<LoggedEvent>, StoreError> {
+        self.blocking(move |db| db.events(&query)).await
     }
     fn record_use(&self, id: &str, at: u64) {
         self.db.record_use(id, at);
@@ -777,8 +962,25 @@ mod tests {
 
     const LIMIT: u32 = 10_000;
 
+    /// An event for cases that are not about events (ids stay unique).
+    fn ev() -> Event {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Event {
+            id: format!("event-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+            tenant: "t".into(),
+            key_id: "x".into(),
+            at: 1,
+            kind: crate::store::EventKind::Created,
+            via: crate::store::ActorVia::Cli,
+            subject: None,
+            details: "{}".into(),
+        }
+    }
+
     fn key(id: &str, tenant: &str, at: u64) -> KeyRecord {
         KeyRecord {
+            expires_at: None,
             id: id.into(),
             tenant: tenant.into(),
             name: "n".into(),
@@ -793,15 +995,18 @@ mod tests {
     fn round_trip_ordering_and_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("k.db")).unwrap();
-        db.insert(&key("b", "t", 20), &[2; 32], LIMIT).unwrap();
-        db.insert(&key("a", "t", 10), &[1; 32], LIMIT).unwrap();
-        db.insert(&key("c", "u", 5), &[3; 32], LIMIT).unwrap();
+        db.insert(&key("b", "t", 20), &[2; 32], LIMIT, &ev())
+            .unwrap();
+        db.insert(&key("a", "t", 10), &[1; 32], LIMIT, &ev())
+            .unwrap();
+        db.insert(&key("c", "u", 5), &[3; 32], LIMIT, &ev())
+            .unwrap();
         assert!(matches!(
-            db.insert(&key("a", "t", 1), &[9; 32], LIMIT),
+            db.insert(&key("a", "t", 1), &[9; 32], LIMIT, &ev()),
             Err(StoreError::Conflict)
         ));
         assert!(matches!(
-            db.insert(&key("z", "t", 1), &[1; 32], LIMIT),
+            db.insert(&key("z", "t", 1), &[1; 32], LIMIT, &ev()),
             Err(StoreError::Conflict)
         ));
         let ids: Vec<String> = db.list("t").unwrap().into_iter().map(|k| k.id).collect();
@@ -818,14 +1023,21 @@ mod tests {
     fn deactivate_keeps_the_first_time_and_use_never_resurrects() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("k.db")).unwrap();
-        db.insert(&key("a", "t", 1), &[1; 32], LIMIT).unwrap();
-        assert!(db.deactivate("other", "a", 5).unwrap().is_none());
+        db.insert(&key("a", "t", 1), &[1; 32], LIMIT, &ev())
+            .unwrap();
+        assert!(db.deactivate("other", "a", 5, &ev()).unwrap().is_none());
         assert_eq!(
-            db.deactivate("t", "a", 5).unwrap().unwrap().deactivated_at,
+            db.deactivate("t", "a", 5, &ev())
+                .unwrap()
+                .unwrap()
+                .deactivated_at,
             Some(5)
         );
         assert_eq!(
-            db.deactivate("t", "a", 9).unwrap().unwrap().deactivated_at,
+            db.deactivate("t", "a", 9, &ev())
+                .unwrap()
+                .unwrap()
+                .deactivated_at,
             Some(5)
         );
         db.record_use("a", 100);
@@ -836,8 +1048,8 @@ mod tests {
         let other = Db::open(&dir.path().join("k.db")).unwrap();
         let k = other.find_by_hash(&[1; 32]).unwrap().unwrap();
         assert_eq!((k.last_used_at, k.deactivated_at), (Some(100), Some(5)));
-        assert!(!db.remove("other", "a").unwrap());
-        assert!(db.remove("t", "a").unwrap());
+        assert!(!db.remove("other", "a", &ev()).unwrap());
+        assert!(db.remove("t", "a", &ev()).unwrap());
         db.record_use("a", 200);
         assert!(db.find_by_hash(&[1; 32]).unwrap().is_none());
     }
@@ -847,12 +1059,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let db = Db::open(&path).unwrap();
-        db.insert(&key("a", "t", 1), &[1; 32], LIMIT).unwrap();
-        db.insert(&key("b", "t", 2), &[2; 32], LIMIT).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], LIMIT, &ev())
+            .unwrap();
+        db.insert(&key("b", "t", 2), &[2; 32], LIMIT, &ev())
+            .unwrap();
         assert!(db.find_by_hash(&[1; 32]).unwrap().is_some());
 
         // Through this store.
-        db.deactivate("t", "a", 5).unwrap();
+        db.deactivate("t", "a", 5, &ev()).unwrap();
         let k = db.find_by_hash(&[1; 32]).unwrap().unwrap();
         assert_eq!(k.deactivated_at, Some(5));
         db.record_use("a", 7);
@@ -875,12 +1089,12 @@ mod tests {
                 .is_none()
         );
         let other = Db::open(&path).unwrap();
-        other.deactivate("t", "b", 9).unwrap();
+        other.deactivate("t", "b", 9, &ev()).unwrap();
         assert_eq!(
             db.find_by_hash(&[2; 32]).unwrap().unwrap().deactivated_at,
             Some(9)
         );
-        assert!(other.remove("t", "b").unwrap());
+        assert!(other.remove("t", "b", &ev()).unwrap());
         assert!(db.find_by_hash(&[2; 32]).unwrap().is_none());
         Connection::open(&path)
             .unwrap()
@@ -906,7 +1120,7 @@ mod tests {
         );
         Db::open(&path)
             .unwrap()
-            .insert(&key("a", "t", 1), &[1; 32], LIMIT)
+            .insert(&key("a", "t", 1), &[1; 32], LIMIT, &ev())
             .unwrap();
         assert_ne!(shared.stamp().unwrap(), before.0);
         assert_ne!(fallback.stamp().unwrap(), before.1);
@@ -918,7 +1132,7 @@ mod tests {
         let path = dir.path().join("k.db");
         Db::open(&path)
             .unwrap()
-            .insert(&key("a", "t", 1), &[1; 32], LIMIT)
+            .insert(&key("a", "t", 1), &[1; 32], LIMIT, &ev())
             .unwrap();
         assert_eq!(Db::open(&path).unwrap().list("t").unwrap().len(), 1);
         Connection::open(&path)
@@ -928,6 +1142,54 @@ mod tests {
         assert!(Db::open(&path).is_err());
     }
 
+    /// A database written before expiry and events existed (schema 2)
+    /// keeps its keys, gains both, and an expiry change evicts from the cache.
+    #[test]
+    fn a_schema_2_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+                conn.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO api_keys (id, tenant, name, key_hash, permissions, created_at)
+                 VALUES ('old', 't', 'n', ?1, 'read', 1)",
+                [vec![7u8; 32]],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let old = db.find_by_hash(&[7; 32]).unwrap().unwrap();
+        assert_eq!((old.id.as_str(), old.expires_at), ("old", None));
+        assert!(db.cached(&[7; 32]).is_some());
+        let roll = Roll {
+            tenant: "t".into(),
+            id: "old".into(),
+            at: 10,
+            expires_at: 10,
+            key: key("new", "t", 10),
+            hash: vec![8; 32],
+            tenant_limit: LIMIT,
+            events: vec![ev()],
+        };
+        db.roll(&roll).unwrap();
+        assert_eq!(
+            db.find_by_hash(&[7; 32]).unwrap().unwrap().expires_at,
+            Some(10),
+            "the cached record was evicted by the expiry change"
+        );
+        let query = EventQuery {
+            tenant: "t".into(),
+            key_id: None,
+            before: None,
+            limit: 10,
+        };
+        assert_eq!(db.events(&query).unwrap().len(), 1);
+    }
+
     #[test]
     fn a_commit_evicts_only_the_keys_it_changed() {
         let dir = tempfile::tempdir().unwrap();
@@ -935,13 +1197,13 @@ mod tests {
         let db = Db::open(&path).unwrap();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let n = u8::try_from(i).unwrap() + 1;
-            db.insert(&key(id, "t", 1), &[n; 32], LIMIT).unwrap();
+            db.insert(&key(id, "t", 1), &[n; 32], LIMIT, &ev()).unwrap();
             assert!(db.find_by_hash(&[n; 32]).unwrap().is_some());
             assert!(db.cached(&[n; 32]).is_some(), "{id} is cached");
         }
         // Another process deactivates b and records a use of c.
         let other = Db::open(&path).unwrap();
-        other.deactivate("t", "b", 9).unwrap();
+        other.deactivate("t", "b", 9, &ev()).unwrap();
         other.record_use("c", 11);
         other.flush_uses().unwrap();
         assert!(db.cached(&[1; 32]).is_none(), "unknown until caught up");
@@ -966,8 +1228,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let db = Db::open(&path).unwrap();
-        db.insert(&key("a", "t", 1), &[1; 32], LIMIT).unwrap();
-        db.insert(&key("b", "t", 1), &[2; 32], LIMIT).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], LIMIT, &ev())
+            .unwrap();
+        db.insert(&key("b", "t", 1), &[2; 32], LIMIT, &ev())
+            .unwrap();
         assert!(db.find_by_hash(&[1; 32]).unwrap().is_some());
         // Another process (the CLI, a backup) holds the write lock.
         let locker = Connection::open(&path).unwrap();
@@ -984,7 +1248,7 @@ mod tests {
         );
         let started = std::time::Instant::now();
         assert!(matches!(
-            db.insert(&key("c", "t", 1), &[3; 32], LIMIT),
+            db.insert(&key("c", "t", 1), &[3; 32], LIMIT, &ev()),
             Err(StoreError::Unavailable(_))
         ));
         // The writer thread may take the batch first; either way it fails and is kept.
@@ -1010,24 +1274,24 @@ mod tests {
     fn a_tenant_gets_at_most_its_limit() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("k.db")).unwrap();
-        db.insert(&key("a", "t", 1), &[1; 32], 2).unwrap();
-        db.insert(&key("b", "t", 1), &[2; 32], 2).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], 2, &ev()).unwrap();
+        db.insert(&key("b", "t", 1), &[2; 32], 2, &ev()).unwrap();
         assert!(matches!(
-            db.insert(&key("c", "t", 1), &[3; 32], 2),
+            db.insert(&key("c", "t", 1), &[3; 32], 2, &ev()),
             Err(StoreError::LimitReached)
         ));
-        db.insert(&key("d", "u", 1), &[4; 32], 2).unwrap();
+        db.insert(&key("d", "u", 1), &[4; 32], 2, &ev()).unwrap();
         assert_eq!(db.list("t").unwrap().len(), 2);
         // A delete frees a place, from here or from any other writer.
-        assert!(db.remove("t", "a").unwrap());
-        db.insert(&key("c", "t", 1), &[3; 32], 2).unwrap();
+        assert!(db.remove("t", "a", &ev()).unwrap());
+        db.insert(&key("c", "t", 1), &[3; 32], 2, &ev()).unwrap();
         Connection::open(dir.path().join("k.db"))
             .unwrap()
             .execute("DELETE FROM api_keys WHERE id = 'b'", [])
             .unwrap();
-        db.insert(&key("e", "t", 1), &[5; 32], 2).unwrap();
+        db.insert(&key("e", "t", 1), &[5; 32], 2, &ev()).unwrap();
         assert!(matches!(
-            db.insert(&key("f", "t", 1), &[6; 32], 2),
+            db.insert(&key("f", "t", 1), &[6; 32], 2, &ev()),
             Err(StoreError::LimitReached)
         ));
     }
@@ -1038,7 +1302,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let db = Db::open(&path).unwrap();
-        db.insert(&key("a", "t", 1), &[1; 32], LIMIT).unwrap();
+        db.insert(&key("a", "t", 1), &[1; 32], LIMIT, &ev())
+            .unwrap();
         for suffix in ["", "-wal", "-shm"] {
             let file = format!("{}{suffix}", path.display());
             let mode = std::fs::metadata(&file).unwrap().permissions().mode();

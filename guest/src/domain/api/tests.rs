@@ -1,6 +1,7 @@
 use super::*;
+use crate::domain::events::{Event, LoggedEvent};
 use crate::domain::headers::{IDENTITY_HEADERS, end_to_end_headers};
-use crate::domain::keys::{KeyRecord, StoreError};
+use crate::domain::keys::{KeyRecord, Roll, StoreError};
 use crate::domain::memory::MemoryStore;
 use crate::domain::raw_key::KeyHash;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -77,7 +78,7 @@ impl Call<'_> {
         );
         match (&decision, &outcome) {
             (Decision::Handle, _) => assert!(
-                path.starts_with("/api/v1/api-keys"),
+                path.starts_with("/api/v1/api-keys") || path.starts_with(SECRET_SCANNING_PATH),
                 "{method} {path} needs no body, yet was left to the handler"
             ),
             (Decision::Reply(d), Outcome::Reply(h)) => {
@@ -575,7 +576,7 @@ fn read_key(call: &Call<'_>) -> (Reply, String) {
 struct FailingStore;
 
 impl KeyStore for FailingStore {
-    fn insert(&self, _: &KeyRecord, _: &KeyHash, _: u32) -> Result<(), StoreError> {
+    fn insert(&self, _: &KeyRecord, _: &KeyHash, _: u32, _: &Event) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("locked".into()))
     }
     fn find_by_hash(&self, _: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
@@ -584,10 +585,28 @@ impl KeyStore for FailingStore {
     fn list(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
         Err(StoreError::Unavailable("locked".into()))
     }
-    fn deactivate(&self, _: &str, _: &str, _: u64) -> Result<Option<KeyRecord>, StoreError> {
+    fn deactivate(
+        &self,
+        _: &str,
+        _: &str,
+        _: u64,
+        _: &Event,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         Err(StoreError::Unavailable("locked".into()))
     }
-    fn remove(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+    fn remove(&self, _: &str, _: &str, _: &Event) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("locked".into()))
+    }
+    fn roll(&self, _: &Roll<'_>) -> Result<Option<KeyRecord>, StoreError> {
+        Err(StoreError::Unavailable("locked".into()))
+    }
+    fn events(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: Option<u64>,
+        _: u32,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
         Err(StoreError::Unavailable("locked".into()))
     }
     fn record_use(&self, _: &str, _: u64) -> Result<(), StoreError> {
@@ -777,4 +796,238 @@ fn creating_past_the_tenant_limit_is_409() {
     let r = create(&call, "acme", body);
     assert_eq!((r.status, code(&r)), (409, "key_limit_reached"));
     assert_eq!(create(&call, "globex", body).status, 201);
+}
+
+#[test]
+fn keys_expire_roll_and_leave_a_trail_over_rest() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let auth = format!("Bearer {}", token("acme"));
+    let h = [("authorization", auth.as_str())];
+    // expiresAt: checked, named, stored, shown.
+    for bad in [
+        r#""2020-01-01T00:00:00Z""#,
+        r#""2999-01-01T00:00:00Z""#,
+        r#""2027-01-01T00:00:00+01:00""#,
+        r#""tomorrow""#,
+        "5",
+    ] {
+        let r = create(
+            &call,
+            "acme",
+            &format!(r#"{{"name":"k","permissions":["read"],"expiresAt":{bad}}}"#),
+        );
+        assert_eq!((r.status, code(&r)), (400, "invalid_request"), "{bad}");
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expiresAt")
+        );
+    }
+    assert!(store.rows.borrow().is_empty() && store.events.borrow().is_empty());
+    let at = crate::domain::time::format_rfc3339(now_millis() + 86_400_000);
+    let created = create(
+        &call,
+        "acme",
+        &format!(r#"{{"name":"k","permissions":["read"],"expiresAt":"{at}"}}"#),
+    );
+    assert_eq!(created.status, 201);
+    assert_eq!(created.body["expiresAt"], at.as_str());
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let one = call.reply("GET", &format!("/api/v1/api-keys/{id}"), &h, "");
+    assert_eq!(one.body["expiresAt"], at.as_str());
+
+    // Roll: grace bounds, body shape, result.
+    let roll_path = format!("/api/v1/api-keys/{id}/roll");
+    for bad in [
+        r#"{"gracePeriodSeconds": 604801}"#,
+        r#"{"gracePeriodSeconds": -1}"#,
+        r#"{"gracePeriodSeconds": 1.5}"#,
+        r#"{"gracePeriodSeconds": "10"}"#,
+        r#"{"grace": 10}"#,
+        "[]",
+    ] {
+        let r = call.reply("POST", &roll_path, &h, bad);
+        assert_eq!((r.status, code(&r)), (400, "invalid_request"), "{bad}");
+    }
+    assert_eq!(store.rows.borrow().len(), 1);
+    let r = call.reply("GET", &roll_path, &h, "");
+    assert_eq!(r.status, 405);
+    let rolled = call.reply("POST", &roll_path, &h, r#"{"gracePeriodSeconds": 60}"#);
+    assert_eq!(rolled.status, 201);
+    assert!(
+        rolled
+            .headers
+            .contains(&("cache-control".into(), "no-store".into()))
+    );
+    assert_eq!(rolled.body["rolledFrom"], id.as_str());
+    assert_eq!(rolled.body["expiresAt"], at.as_str());
+    assert_eq!(rolled.body["name"], "k");
+    assert!(
+        rolled.body["rawKey"]
+            .as_str()
+            .unwrap()
+            .starts_with("sigma_sk_live_")
+    );
+    let new_id = rolled.body["id"].as_str().unwrap().to_owned();
+    // A roll with no body at all: grace 0, and the old key stops at once.
+    let r = call.reply("POST", &format!("/api/v1/api-keys/{new_id}/roll"), &h, "");
+    assert_eq!(r.status, 201);
+    let r = call.reply("POST", &format!("/api/v1/api-keys/{new_id}/roll"), &h, "");
+    assert_eq!((r.status, code(&r)), (409, "api_key_inactive"));
+    let other = format!("Bearer {}", token("globex"));
+    let r = call.reply("POST", &roll_path, &[("authorization", &other)], "");
+    assert_eq!((r.status, code(&r)), (404, "not_found"));
+
+    // The trail, paged, filtered, tenant-scoped.
+    let r = call.reply("GET", "/api/v1/api-keys/events?limit=2", &h, "");
+    assert_eq!(r.status, 200);
+    let first = r.body["events"].as_array().unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0]["type"], "key.rolled");
+    assert_eq!(first[0]["keyId"], new_id.as_str());
+    assert_eq!(
+        first[0]["actor"],
+        json!({"via": "token", "subject": "tester"})
+    );
+    let next = r.body["next"].as_str().unwrap();
+    let r = call.reply(
+        "GET",
+        &format!("/api/v1/api-keys/events?limit=500&cursor={next}"),
+        &h,
+        "",
+    );
+    let rest: Vec<_> = r.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rest, ["key.rolled", "key.created", "key.created"]);
+    assert_eq!(r.body["next"], Value::Null);
+    let r = call.reply(
+        "GET",
+        &format!("/api/v1/api-keys/events?keyId={id}"),
+        &h,
+        "",
+    );
+    let mine = r.body["events"].as_array().unwrap();
+    assert_eq!(mine.len(), 2);
+    assert_eq!(mine[0]["details"]["newKeyId"], new_id.as_str());
+    assert_eq!(mine[0]["details"]["gracePeriodSeconds"], 60);
+    let r = call.reply(
+        "GET",
+        "/api/v1/api-keys/events",
+        &[("authorization", &other)],
+        "",
+    );
+    assert_eq!(r.body, json!({"events": [], "next": null}));
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "limit=ten",
+        "limit=1&limit=2",
+        "cursor=abc",
+        "page=2",
+    ] {
+        let r = call.reply("GET", &format!("/api/v1/api-keys/events?{bad}"), &h, "");
+        assert_eq!((r.status, code(&r)), (400, "invalid_request"), "{bad}");
+    }
+    let r = call.reply("DELETE", "/api/v1/api-keys/events", &h, "");
+    assert_eq!(r.status, 405);
+    assert!(
+        !serde_json::to_string(
+            &store
+                .events
+                .borrow()
+                .iter()
+                .map(Event::to_json)
+                .collect::<Vec<_>>()
+        )
+        .unwrap()
+        .contains("sigma_sk_live_")
+    );
+}
+
+#[test]
+fn github_alerts_need_a_valid_signature_and_deactivate_our_keys() {
+    use crate::domain::secret_scanning::{PublicKeys, tests as scanning};
+    let store = MemoryStore::default();
+    let path = SECRET_SCANNING_PATH;
+    // Off unless configured.
+    let off = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let r = off.reply("POST", path, &[], "[]");
+    assert_eq!(r.status, 404);
+
+    let (signing, list) = scanning::key_pair("kid-1");
+    let call = Call {
+        store: &store,
+        settings: Settings {
+            github_scanning_keys: Some(PublicKeys::parse(&list)),
+            ..settings()
+        },
+    };
+    let created = create(&call, "acme", r#"{"name":"ci","permissions":["read"]}"#);
+    let raw = created.body["rawKey"].as_str().unwrap().to_owned();
+    let body = json!([{"token": raw, "type": "sigma_api_key", "url": "https://github.com/o/r/blob/x", "source": "content"}]).to_string();
+    let signature = scanning::sign(&signing, body.as_bytes());
+    let tampered = body.replace("content", "commit");
+    let events_before = store.events.borrow().len();
+    for (headers, body) in [
+        (
+            vec![("github-public-key-identifier", "kid-1")],
+            body.as_str(),
+        ),
+        (
+            vec![("github-public-key-signature", signature.as_str())],
+            body.as_str(),
+        ),
+        (
+            vec![
+                ("github-public-key-identifier", "kid-2"),
+                ("github-public-key-signature", signature.as_str()),
+            ],
+            body.as_str(),
+        ),
+        (
+            vec![
+                ("github-public-key-identifier", "kid-1"),
+                ("github-public-key-signature", signature.as_str()),
+            ],
+            tampered.as_str(),
+        ),
+    ] {
+        let r = call.reply("POST", path, &headers, body);
+        assert_eq!((r.status, code(&r)), (401, "invalid_signature"));
+    }
+    assert_eq!(store.events.borrow().len(), events_before);
+    assert!(store.rows.borrow()[0].0.deactivated_at.is_none());
+    let headers = [
+        ("github-public-key-identifier", "kid-1"),
+        ("github-public-key-signature", signature.as_str()),
+    ];
+    let r = call.reply("GET", path, &headers, "");
+    assert_eq!(r.status, 405);
+    let r = call.reply("POST", path, &headers, &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body[0]["label"], "true_positive");
+    assert_eq!(r.body[0]["token_type"], "sigma_api_key");
+    assert!(store.rows.borrow()[0].0.deactivated_at.is_some());
+    let r = call.reply(
+        "POST",
+        "/api/v1/api-keys/verify",
+        &[],
+        &format!(r#"{{"key":"{raw}","permission":"read"}}"#),
+    );
+    assert_eq!(
+        r.body,
+        json!({"valid": false, "code": "api_key_deactivated"})
+    );
 }

@@ -15,7 +15,9 @@ wit_bindgen::generate!({
 
 use exports::sigma::api_keys::{auth, gateway, keys};
 mod wit {
-    pub use super::exports::sigma::api_keys::keys::{CreatedKey, Error, KeyRecord, Permission};
+    pub use super::exports::sigma::api_keys::keys::{
+        Actor, CreatedKey, Error, EventPage, KeyRecord, Permission, RolledKey,
+    };
 }
 use wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -52,13 +54,26 @@ impl keys::Guest for Program {
         _: String,
         _: String,
         _: Vec<wit::Permission>,
+        _: Option<u64>,
+        _: wit::Actor,
     ) -> Result<wit::CreatedKey, wit::Error> {
         panic!("typed call")
     }
-    fn deactivate(_: String, _: String) -> Result<wit::KeyRecord, wit::Error> {
+    fn roll(_: String, _: String, _: u32, _: wit::Actor) -> Result<wit::RolledKey, wit::Error> {
         panic!("typed call")
     }
-    fn delete(_: String, _: String) -> Result<(), wit::Error> {
+    fn deactivate(_: String, _: String, _: wit::Actor) -> Result<wit::KeyRecord, wit::Error> {
+        panic!("typed call")
+    }
+    fn delete(_: String, _: String, _: wit::Actor) -> Result<(), wit::Error> {
+        panic!("typed call")
+    }
+    fn events(
+        _: String,
+        _: Option<String>,
+        _: Option<String>,
+        _: u32,
+    ) -> Result<wit::EventPage, wit::Error> {
         panic!("typed call")
     }
 }
