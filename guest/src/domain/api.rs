@@ -492,8 +492,17 @@ fn secret_scanning_endpoint(
     let keys = keys.as_ref().map_err(|why| {
         ApiError::internal(format!("the GitHub scanning keys are unusable: {why}"))
     })?;
-    let identifier = head.values(secret_scanning::KEY_IDENTIFIER_HEADER).next();
-    let signature = head.values(secret_scanning::SIGNATURE_HEADER).next();
+    // One of each, or none: a repeated header could be read two ways.
+    let one = |name: &str| {
+        let mut values = head.values(name);
+        match (values.next(), values.next()) {
+            (value, None) => value,
+            // Present but unusable: refused as an unknown identifier or a bad signature.
+            _ => Some(&b""[..]),
+        }
+    };
+    let identifier = one(secret_scanning::KEY_IDENTIFIER_HEADER);
+    let signature = one(secret_scanning::SIGNATURE_HEADER);
     // Without both headers nothing can verify: refuse before reading the body.
     if identifier.is_none() || signature.is_none() {
         secret_scanning::verify(keys, identifier, signature, b"")?;

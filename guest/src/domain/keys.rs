@@ -571,27 +571,27 @@ pub fn authenticate(store: &dyn KeyStore, raw: &str) -> Result<KeyRecord, ApiErr
         .find_by_hash(&key.hash())?
         .ok_or_else(|| invalid_key("it is unknown or was deleted"))?;
     if record.deactivated_at.is_some() {
-        return Err(ApiError::new(
-            ErrorCode::ApiKeyDeactivated,
-            format!(
-                "The API key {} was deactivated. Use an active key, or create a new one.",
-                record.id
-            ),
-        ));
+        return Err(refused(ErrorCode::ApiKeyDeactivated, &record.id));
     }
     // One clock read serves the expiry check and the use it records.
     let now = now_millis();
     if record.expired_at(now) {
-        return Err(ApiError::new(
-            ErrorCode::ApiKeyExpired,
-            format!(
-                "The API key {} has expired. Use an active key, or roll or create a new one.",
-                record.id
-            ),
-        ));
+        return Err(refused(ErrorCode::ApiKeyExpired, &record.id));
     }
     note_use(store, &record, now);
     Ok(record)
+}
+
+/// Why an existing key is refused; kept off the hot path of `authenticate`.
+#[cold]
+#[inline(never)]
+fn refused(code: ErrorCode, id: &str) -> ApiError {
+    let message = if code == ErrorCode::ApiKeyExpired {
+        format!("The API key {id} has expired. Use an active key, or roll or create a new one.")
+    } else {
+        format!("The API key {id} was deactivated. Use an active key, or create a new one.")
+    };
+    ApiError::new(code, message)
 }
 
 fn invalid_key(why: &str) -> ApiError {

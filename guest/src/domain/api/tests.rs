@@ -1007,6 +1007,22 @@ fn github_alerts_need_a_valid_signature_and_deactivate_our_keys() {
         let r = call.reply("POST", path, &headers, body);
         assert_eq!((r.status, code(&r)), (401, "invalid_signature"));
     }
+    // The valid signature twice, or the identifier twice: ambiguous, refused.
+    for headers in [
+        vec![
+            ("github-public-key-identifier", "kid-1"),
+            ("github-public-key-signature", signature.as_str()),
+            ("github-public-key-signature", signature.as_str()),
+        ],
+        vec![
+            ("github-public-key-identifier", "kid-1"),
+            ("github-public-key-identifier", "kid-1"),
+            ("github-public-key-signature", signature.as_str()),
+        ],
+    ] {
+        let r = call.reply("POST", path, &headers, &body);
+        assert_eq!((r.status, code(&r)), (401, "invalid_signature"));
+    }
     assert_eq!(store.events.borrow().len(), events_before);
     assert!(store.rows.borrow()[0].0.deactivated_at.is_none());
     let headers = [
