@@ -571,31 +571,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let run = async {
             let tx = client.transaction().await?;
-            let insert = tx
-                .prepare(
-                    "INSERT INTO key_events (id, tenant, key_id, at, kind, via, subject, details)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .await?;
-            let mut added = 0;
-            for e in events {
-                added += tx
-                    .execute(
-                        &insert,
-                        &[
-                            &e.id,
-                            &e.tenant,
-                            &e.key_id,
-                            &to_sql_time(e.at),
-                            &event_kind_text(e.kind),
-                            &via_text(e.via),
-                            &e.subject,
-                            &e.details,
-                        ],
-                    )
-                    .await?;
-            }
+            let added = write_events(&tx, events, true).await?;
             tx.commit().await?;
             Ok::<u64, tokio_postgres::Error>(added)
         };
@@ -1220,32 +1196,48 @@ async fn insert_events(
     tx: &deadpool_postgres::Transaction<'_>,
     events: &[Event],
 ) -> Result<(), tokio_postgres::Error> {
+    write_events(tx, events, false).await.map(|_| ())
+}
+
+/// Writes events in order; with `skip_existing`, one whose id is already
+/// there is left alone (for copies) instead of failing the transaction.
+/// Returns how many were written.
+async fn write_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[Event],
+    skip_existing: bool,
+) -> Result<u64, tokio_postgres::Error> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let insert = tx
-        .prepare_cached(
+        .prepare_cached(if skip_existing {
             "INSERT INTO key_events (id, tenant, key_id, at, kind, via, subject, details)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+        } else {
+            "INSERT INTO key_events (id, tenant, key_id, at, kind, via, subject, details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        })
         .await?;
+    let mut written = 0;
     for e in events {
-        tx.execute(
-            &insert,
-            &[
-                &e.id,
-                &e.tenant,
-                &e.key_id,
-                &to_sql_time(e.at),
-                &event_kind_text(e.kind),
-                &via_text(e.via),
-                &e.subject,
-                &e.details,
-            ],
-        )
-        .await?;
+        written += tx
+            .execute(
+                &insert,
+                &[
+                    &e.id,
+                    &e.tenant,
+                    &e.key_id,
+                    &to_sql_time(e.at),
+                    &event_kind_text(e.kind),
+                    &via_text(e.via),
+                    &e.subject,
+                    &e.details,
+                ],
+            )
+            .await?;
     }
-    Ok(())
+    Ok(written)
 }
 
 fn logged_event(row: &Row) -> Result<LoggedEvent, StoreError> {
