@@ -4,6 +4,9 @@
 //! nested cargo never waits on the outer build's lock.
 
 use std::env;
+
+#[path = "src/engine.rs"]
+mod engine;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -82,6 +85,36 @@ fn main() {
         }
         println!("cargo:rustc-env={var}={}", wasm.display());
     }
+    precompile(&out.join(GUESTS[0].1));
+}
+
+/// Compiles the component ahead of time with the runtime's settings, so the
+/// binary starts without compiling (it falls back to compiling when the
+/// artifact does not fit the machine it runs on).
+fn precompile(wasm: &std::path::Path) {
+    let mut config = wasmtime::Config::new();
+    engine::configure(&mut config);
+    let compiled = std::fs::read(wasm)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let engine = wasmtime::Engine::new(&config).map_err(|e| e.to_string())?;
+            engine
+                .precompile_component(&bytes)
+                .map_err(|e| e.to_string())
+        });
+    let compiled = match compiled {
+        Ok(c) => c,
+        Err(e) => fail(&format!("precompiling the component failed: {e}")),
+    };
+    let path =
+        PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("sigma_keys_guest.cwasm");
+    if let Err(e) = std::fs::write(&path, compiled) {
+        fail(&format!("cannot write {}: {e}", path.display()));
+    }
+    println!(
+        "cargo:rustc-env=SIGMA_KEYS_COMPONENT_CWASM={}",
+        path.display()
+    );
 }
 
 fn fail(message: &str) -> ! {

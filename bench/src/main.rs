@@ -1020,16 +1020,19 @@ fn startup(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         "process start to first 200, cached compilation",
     );
     report.compare("startup.cached", "startup.cold", Target::None);
-    let cached_ms = report
-        .0
-        .iter()
-        .find(|m| m.name == "startup.cached")
-        .map_or(0.0, |m| m.value);
-    report.add(
-        "startup.cached_target_300ms",
-        if cached_ms < 300.0 { 1.0 } else { 0.0 },
-        "bool",
-        &format!("cached start {cached_ms:.0} ms < 300 ms"),
+    let cached_ms = report.value("startup.cached").unwrap_or(f64::MAX);
+    report.flag(
+        "startup.cached_under_300ms",
+        cached_ms < 300.0,
+        &format!("cached start < 300 ms ({cached_ms:.0} ms)"),
+    );
+    // The component is compiled when the binary is built: an empty cache
+    // must not mean compiling at start.
+    let cold_ms = report.value("startup.cold").unwrap_or(f64::MAX);
+    report.flag(
+        "startup.cold_under_100ms",
+        cold_ms < 100.0,
+        &format!("cold start < 100 ms ({cold_ms:.0} ms)"),
     );
     Ok(())
 }

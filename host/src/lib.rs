@@ -28,6 +28,7 @@ pub mod bindings {
     });
 }
 
+pub mod engine;
 mod hop_by_hop;
 pub mod runtime;
 pub mod secret;

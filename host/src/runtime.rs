@@ -27,6 +27,10 @@ use crate::store::{EventQuery, KeyStore, Roll};
 /// The component, built from `guest/` and embedded at compile time.
 pub const COMPONENT: &[u8] = include_bytes!(env!("SIGMA_KEYS_COMPONENT_WASM"));
 
+/// [`COMPONENT`] compiled ahead of time by `build.rs` for this machine and
+/// [`crate::engine::configure`]'s settings, so a start compiles nothing.
+const PRECOMPILED: &[u8] = include_bytes!(env!("SIGMA_KEYS_COMPONENT_CWASM"));
+
 /// What the component reads through `wasi:config/store`.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
@@ -266,7 +270,17 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles the embedded component (cached on disk by wasmtime) and links it.
     pub fn new(db: Arc<dyn KeyStore>, settings: &Settings) -> Result<Runtime> {
-        Runtime::from_component(COMPONENT, db, settings)
+        let engine = new_engine()?;
+        let component = match precompiled(&engine) {
+            Ok(component) => component,
+            Err(e) => {
+                // Another CPU than the build machine's, or other settings:
+                // compile as any other component (cached on disk).
+                tracing::info!("compiling the component at start: {e:#}");
+                compile(&engine, COMPONENT)?
+            }
+        };
+        Runtime::with_component(engine, &component, db, settings)
     }
 
     /// The same for another build of a component of the `service` world.
@@ -275,30 +289,8 @@ impl Runtime {
         db: Arc<dyn KeyStore>,
         settings: &Settings,
     ) -> Result<Runtime> {
-        let mut config = Config::new();
-        // A guest call that runs away traps at its deadline (GUEST_CALL_DEADLINE).
-        config.epoch_interruption(true);
-        match CacheConfig::from_file(None).and_then(Cache::new) {
-            Ok(cache) => {
-                config.cache(Some(cache));
-            }
-            Err(e) => tracing::debug!("compilation cache disabled: {e:#}"),
-        }
-        // Typed calls and HTTP pool misses create instances; the pooling
-        // allocator makes that cheap by reusing pre-reserved memory slots
-        // instead of mapping and unmapping memory per instance.
-        let mut pooled = config.clone();
-        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_limits()));
-        let engine = match Engine::new(&pooled) {
-            Ok(engine) => engine,
-            Err(e) => {
-                tracing::warn!("pooling allocator unavailable ({e:#}); allocating per instance");
-                Engine::new(&config)?
-            }
-        };
-        let component = Component::new(&engine, wasm)
-            .map_err(anyhow::Error::from)
-            .context("cannot compile the sigma-keys component")?;
+        let engine = new_engine()?;
+        let component = compile(&engine, wasm)?;
         Runtime::with_component(engine, &component, db, settings)
     }
 
@@ -457,6 +449,51 @@ impl Runtime {
     }
 }
 
+/// The engine every component runs on.
+fn new_engine() -> Result<Engine> {
+    let mut config = Config::new();
+    crate::engine::configure(&mut config);
+    match CacheConfig::from_file(None).and_then(Cache::new) {
+        Ok(cache) => {
+            config.cache(Some(cache));
+        }
+        Err(e) => tracing::debug!("compilation cache disabled: {e:#}"),
+    }
+    // Typed calls and HTTP pool misses create instances; the pooling
+    // allocator makes that cheap by reusing pre-reserved memory slots
+    // instead of mapping and unmapping memory per instance.
+    let mut pooled = config.clone();
+    pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_limits()));
+    match Engine::new(&pooled) {
+        Ok(engine) => Ok(engine),
+        Err(e) => {
+            tracing::warn!("pooling allocator unavailable ({e:#}); allocating per instance");
+            Ok(Engine::new(&config)?)
+        }
+    }
+}
+
+fn compile(engine: &Engine, wasm: &[u8]) -> Result<Component> {
+    Component::new(engine, wasm)
+        .map_err(anyhow::Error::from)
+        .context("cannot compile the sigma-keys component")
+}
+
+/// The embedded component as `build.rs` compiled it, if `engine` can run
+/// that code (wasmtime checks its version, settings and CPU features).
+fn precompiled(engine: &Engine) -> Result<Component> {
+    if Engine::detect_precompiled(PRECOMPILED) != Some(wasmtime::Precompiled::Component) {
+        anyhow::bail!("the embedded artifact is not a precompiled component");
+    }
+    // SAFETY: the bytes are the output of `Engine::precompile_component` in
+    // our own build script, for this component, embedded in this binary;
+    // `deserialize` refuses them (an error, not undefined behaviour) when
+    // they do not fit this engine.
+    #[allow(unsafe_code)]
+    let component = unsafe { Component::deserialize(engine, PRECOMPILED) };
+    component.map_err(anyhow::Error::from)
+}
+
 /// Gives the store's next guest calls [`GUEST_CALL_DEADLINE`] from now.
 pub(crate) fn arm_deadline(store: &mut Store<Ctx>) {
     let ticks = GUEST_CALL_DEADLINE.as_millis() / EPOCH_TICK.as_millis().max(1);
@@ -482,6 +519,15 @@ fn tick_epochs(engine: &Engine) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The artifact `build.rs` made loads in the runtime's engine: a start
+    /// compiles nothing (a settings drift would silently fall back to
+    /// compiling, so it fails here instead).
+    #[test]
+    fn the_precompiled_component_fits_the_engine() {
+        let engine = new_engine().unwrap();
+        precompiled(&engine).unwrap();
+    }
 
     /// Past the HTTP share of the pool, a request waits [`INSTANCE_WAIT`] and
     /// is then refused with [`Overloaded`], never a pool error (a 500); an
