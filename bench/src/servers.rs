@@ -89,3 +89,88 @@ pub async fn plain_proxy(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
     })
     .await
 }
+
+/// nginx from Debian's package as the reverse proxy most users would
+/// otherwise run: `proxy_pass` with upstream keep-alive, 2 workers (one per
+/// core), no access log, no authentication. Started with a config in a temp
+/// dir, on a free port; stopped (with its workers) on drop.
+pub struct Nginx {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+/// Where Debian's package puts the binary.
+const NGINX: &str = "/usr/sbin/nginx";
+
+impl Nginx {
+    pub fn start(upstream: SocketAddr) -> anyhow::Result<Nginx> {
+        use anyhow::Context as _;
+        let dir = tempfile::tempdir()?;
+        // nginx takes a port, not port 0: take a free one and let it go.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let root = dir.path().display().to_string();
+        let conf = format!(
+            "worker_processes 2;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    upstream backend {{
+        server {upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = std::process::Command::new(NGINX)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot run {NGINX} (scripts/nginx.sh installs it)"))?;
+        let nginx = Nginx { child, addr, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if std::time::Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default();
+                anyhow::bail!("nginx did not start on {addr}: {log}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
