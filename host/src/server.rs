@@ -35,7 +35,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -73,6 +73,51 @@ impl Default for Limits {
     }
 }
 
+/// An accepted connection on its way to a worker.
+type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// Starts one serving thread per core, each with a single-threaded runtime
+/// of its own: a connection, its requests and the upstream connections they
+/// use stay on one thread (as with nginx's worker processes), so serving a
+/// request wakes no other thread.
+fn start_workers(
+    runtime: &Arc<Runtime>,
+    local: SocketAddr,
+    limits: Limits,
+) -> Result<Vec<mpsc::UnboundedSender<Accepted>>> {
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut workers = Vec::with_capacity(count);
+    for i in 0..count {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Accepted>();
+        let threads = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let runtime = runtime.clone();
+        std::thread::Builder::new()
+            .name(format!("sigma-keys-serve-{i}"))
+            .spawn(move || {
+                threads.block_on(async move {
+                    while let Some((stream, peer, slot)) = rx.recv().await {
+                        let stream = match TcpStream::from_std(stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!("cannot serve an accepted connection: {e}");
+                                continue;
+                            }
+                        };
+                        let runtime = runtime.clone();
+                        tokio::spawn(async move {
+                            connection(runtime, stream, peer, local, limits).await;
+                            drop(slot);
+                        });
+                    }
+                });
+            })?;
+        workers.push(tx);
+    }
+    Ok(workers)
+}
+
 /// Accepts connections until `shutdown` resolves.
 pub async fn serve(
     runtime: Arc<Runtime>,
@@ -82,6 +127,8 @@ pub async fn serve(
 ) -> Result<()> {
     let local = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let workers = start_workers(&runtime, local, limits)?;
+    let mut next = 0usize;
     tokio::pin!(shutdown);
     loop {
         // Take a slot before accepting: past the cap, new connections wait
@@ -106,11 +153,19 @@ pub async fn serve(
             () = &mut shutdown => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let runtime = runtime.clone();
-        tokio::spawn(async move {
-            connection(runtime, stream, peer, local, limits).await;
-            drop(slot);
-        });
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot hand an accepted connection to a worker: {e}");
+                continue;
+            }
+        };
+        next = (next + 1) % workers.len();
+        if let Some(worker) = workers.get(next)
+            && worker.send((stream, peer, slot)).is_err()
+        {
+            anyhow::bail!("a serving thread stopped");
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,16 +30,18 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Drives a connection that is not pooled; it must be spawned.
 pub type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
-/// Idle upstream connections by `host:port`.
+/// Idle upstream connections by serving thread and `host:port`. A
+/// connection is driven by a task on the thread that opened it, so it is
+/// only ever reused by that thread: no request wakes another thread.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<String, Vec<SendRequest<WasiBody>>>>,
+    idle: Mutex<HashMap<(ThreadId, String), Vec<SendRequest<WasiBody>>>>,
 }
 
 impl UpstreamPool {
     fn take(&self, authority: &str) -> Option<SendRequest<WasiBody>> {
         let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(authority)?;
+        let list = idle.get_mut(&(std::thread::current().id(), authority.to_owned()))?;
         while let Some(sender) = list.pop() {
             if sender.is_ready() {
                 return Some(sender);
@@ -52,7 +55,9 @@ impl UpstreamPool {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(authority).or_default();
+            let list = idle
+                .entry((std::thread::current().id(), authority))
+                .or_default();
             if list.len() < MAX_IDLE_PER_AUTHORITY {
                 list.push(sender);
             }
