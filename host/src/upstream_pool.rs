@@ -35,13 +35,18 @@ pub type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 /// only ever reused by that thread: no request wakes another thread.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<(ThreadId, String), Vec<SendRequest<WasiBody>>>>,
+    idle: Mutex<HashMap<ThreadId, IdleByAuthority>>,
 }
+
+/// One thread's idle connections, by `host:port`.
+type IdleByAuthority = HashMap<String, Vec<SendRequest<WasiBody>>>;
 
 impl UpstreamPool {
     fn take(&self, authority: &str) -> Option<SendRequest<WasiBody>> {
         let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(&(std::thread::current().id(), authority.to_owned()))?;
+        let list = idle
+            .get_mut(&std::thread::current().id())?
+            .get_mut(authority)?;
         while let Some(sender) = list.pop() {
             if sender.is_ready() {
                 return Some(sender);
@@ -56,7 +61,9 @@ impl UpstreamPool {
         }
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle
-                .entry((std::thread::current().id(), authority))
+                .entry(std::thread::current().id())
+                .or_default()
+                .entry(authority)
                 .or_default();
             if list.len() < MAX_IDLE_PER_AUTHORITY {
                 list.push(sender);
