@@ -16,7 +16,6 @@ use crate::domain::keys::{
 };
 use crate::domain::permission::Permission;
 use crate::domain::raw_key::KeyHash;
-use crate::domain::secret_scanning::PublicKeys;
 use crate::domain::time::Millis;
 use crate::domain::upstream::{Scheme as UpstreamScheme, Upstream};
 
@@ -606,13 +605,7 @@ fn settings() -> &'static Settings {
         let max_keys_per_tenant = get("max-keys-per-tenant")
             .and_then(|v| v.parse().ok())
             .unwrap_or(api::DEFAULT_MAX_KEYS_PER_TENANT);
-        let github_scanning_keys = get("github-scanning-keys").map(|text| {
-            let keys = PublicKeys::parse(&text);
-            if let Err(why) = &keys {
-                eprintln!("sigma-keys component: github-scanning-keys is unusable, so every alert is refused: {why}");
-            }
-            keys
-        });
+        let github_scanning_keys = get("github-scanning-keys");
         Settings {
             jwt_secret,
             upstream,

@@ -42,9 +42,11 @@ pub struct Settings {
     pub jwt_max_lifetime_secs: u64,
     /// Creating a key beyond this many for one tenant is refused.
     pub max_keys_per_tenant: u32,
-    /// GitHub's secret scanning keys: `None` turns the endpoint off; an
-    /// unreadable list keeps it on and refuses every alert (fail closed).
-    pub github_scanning_keys: Option<Result<PublicKeys, String>>,
+    /// GitHub's secret scanning key list, as GitHub publishes it: `None`
+    /// turns the endpoint off. It is parsed by the endpoint, so instances
+    /// that never see an alert never pay for it; an unreadable list keeps
+    /// the endpoint on and refuses every alert (fail closed).
+    pub github_scanning_keys: Option<String>,
 }
 
 impl Default for Settings {
@@ -489,7 +491,7 @@ fn secret_scanning_endpoint(
     if head.method != "POST" {
         return Ok(method_not_allowed("POST"));
     }
-    let keys = keys.as_ref().map_err(|why| {
+    let keys = &PublicKeys::parse(keys).map_err(|why| {
         ApiError::internal(format!("the GitHub scanning keys are unusable: {why}"))
     })?;
     // One of each, or none: a repeated header could be read two ways.

@@ -955,7 +955,7 @@ fn keys_expire_roll_and_leave_a_trail_over_rest() {
 
 #[test]
 fn github_alerts_need_a_valid_signature_and_deactivate_our_keys() {
-    use crate::domain::secret_scanning::{PublicKeys, tests as scanning};
+    use crate::domain::secret_scanning::tests as scanning;
     let store = MemoryStore::default();
     let path = SECRET_SCANNING_PATH;
     // Off unless configured.
@@ -965,12 +965,24 @@ fn github_alerts_need_a_valid_signature_and_deactivate_our_keys() {
     };
     let r = off.reply("POST", path, &[], "[]");
     assert_eq!(r.status, 404);
+    // A key list that does not parse refuses every alert.
+    let broken = Call {
+        store: &store,
+        settings: Settings {
+            github_scanning_keys: Some(
+                "{\"public_keys\": [{\"key_identifier\": \"k\", \"key\": \"x\"}]}".into(),
+            ),
+            ..settings()
+        },
+    };
+    let r = broken.reply("POST", path, &[], "[]");
+    assert_eq!((r.status, code(&r)), (500, "internal"));
 
     let (signing, list) = scanning::key_pair("kid-1");
     let call = Call {
         store: &store,
         settings: Settings {
-            github_scanning_keys: Some(PublicKeys::parse(&list)),
+            github_scanning_keys: Some(list),
             ..settings()
         },
     };
