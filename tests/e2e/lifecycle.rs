@@ -2,7 +2,7 @@
 //! expire, rolling with a grace period, the audit trail, and leaked keys
 //! deactivated by a signed GitHub secret scanning alert.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use p256::ecdsa::signature::Signer as _;
@@ -132,7 +132,7 @@ fn a_key_that_expires_works_until_then_and_is_refused_everywhere_after() {
 fn a_roll_with_a_grace_period_keeps_both_keys_working_then_only_the_new_one() {
     let server = Server::start(&[]);
     let (id, old) = server.create_key("acme", "Shopify Sync", &["read", "update-data"]);
-    let asked = Instant::now();
+    let asked = now_ms();
     let rolled = roll(&server, &id, Some(json!({"gracePeriodSeconds": 3})));
     assert_eq!(rolled["rolledFrom"], id.as_str());
     assert_eq!(rolled["name"], "Shopify Sync");
@@ -150,10 +150,16 @@ fn a_roll_with_a_grace_period_keeps_both_keys_working_then_only_the_new_one() {
     )
     .json();
     assert_eq!(old_record["active"], true);
-    assert!(old_record["expiresAt"].is_string());
+    // The grace ends 3 s after the roll: no sooner than 3 s after it was asked.
+    let grace_end = humantime::parse_rfc3339(old_record["expiresAt"].as_str().unwrap()).unwrap();
+    let grace_end =
+        u64::try_from(grace_end.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
+    assert!(
+        grace_end >= asked + 3_000 && grace_end <= now_ms() + 3_000,
+        "{grace_end}"
+    );
 
-    std::thread::sleep(Duration::from_millis(3_100).saturating_sub(asked.elapsed()));
-    // The grace ends within the 3 s (counted from before the roll was sent).
+    sleep_past(grace_end);
     assert_eq!(
         check(&server, &old),
         json!({"valid": false, "code": "api_key_expired"})

@@ -30,6 +30,12 @@ mod conformance;
 /// How often collected `lastUsedAt` values are written, by every backend.
 pub const USE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The key columns every backend reads, in the order its row reader expects.
+pub(crate) const COLUMNS: &str =
+    "id, tenant, name, permissions, created_at, last_used_at, deactivated_at, expires_at";
+/// The event columns every backend reads, in the order its row reader expects.
+pub(crate) const EVENT_COLUMNS: &str = "seq, id, tenant, key_id, at, kind, via, subject, details";
+
 /// Permission names as stored; they never change once written.
 const PERMISSION_NAMES: [(Permission, &str); 5] = [
     (Permission::Read, "read"),

@@ -39,9 +39,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::cache::{KeyCache, PendingUses};
 use super::{
-    ActorVia, Event, EventKind, EventQuery, KeyRecord, KeyStore, LoggedEvent, Options, Roll,
-    StoreError, USE_FLUSH_INTERVAL, active_at, event_kind_named, event_kind_text, permission_named,
-    permissions_to_text, via_named, via_text,
+    ActorVia, COLUMNS, EVENT_COLUMNS, Event, EventKind, EventQuery, KeyRecord, KeyStore,
+    LoggedEvent, Options, Roll, StoreError, USE_FLUSH_INTERVAL, active_at, event_kind_named,
+    event_kind_text, permission_named, permissions_to_text, via_named, via_text,
 };
 
 /// The channel changes are announced on.
@@ -134,10 +134,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX key_events_by_tenant ON key_events (tenant, seq);
     CREATE INDEX key_events_by_key ON key_events (tenant, key_id, seq);",
 ];
-
-const COLUMNS: &str =
-    "id, tenant, name, permissions, created_at, last_used_at, deactivated_at, expires_at";
-const EVENT_COLUMNS: &str = "seq, id, tenant, key_id, at, kind, via, subject, details";
 
 /// A PostgreSQL URL, as given to `--db`: `sslmode` (`disable`, `prefer`
 /// (the default), `require`, `verify-ca`, `verify-full`) and `sslrootcert`

@@ -33,8 +33,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 
 use super::cache::{KeyCache, PendingUses};
 use super::{
-    Event, EventQuery, KeyRecord, KeyStore, LoggedEvent, Permission, Roll, StoreError,
-    USE_FLUSH_INTERVAL, active_at, event_kind_named, event_kind_text, permission_named,
+    COLUMNS, EVENT_COLUMNS, Event, EventQuery, KeyRecord, KeyStore, LoggedEvent, Permission, Roll,
+    StoreError, USE_FLUSH_INTERVAL, active_at, event_kind_named, event_kind_text, permission_named,
     permissions_to_text, via_named, via_text,
 };
 
@@ -123,9 +123,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX key_events_by_tenant ON key_events (tenant, seq);
     CREATE INDEX key_events_by_key ON key_events (tenant, key_id, seq);",
 ];
-const COLUMNS: &str =
-    "id, tenant, name, permissions, created_at, last_used_at, deactivated_at, expires_at";
-const EVENT_COLUMNS: &str = "seq, id, tenant, key_id, at, kind, via, subject, details";
 
 /// The bytes of SQLite's WAL-index header that every commit rewrites: the two
 /// 48-byte copies of `WalIndexHdr` at the start of `<db>-shm`
