@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 bash scripts/tools.sh
 bash scripts/postgres.sh
-bash scripts/nginx.sh
+bash scripts/proxies.sh
 if ! command -v wrk >/dev/null 2>&1; then
   echo "installing wrk (Debian package)"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; else sudo apt-get install -y -qq wrk; fi

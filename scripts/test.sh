@@ -19,6 +19,8 @@ echo "== tools (wasmtime CLI, wac, cargo-fuzz; installed once per user, linked f
 bash scripts/tools.sh
 echo "== PostgreSQL server programs (the tests start throwaway clusters)"
 bash scripts/postgres.sh
+echo "== nginx and Caddy (the tests start them in front of sigma-keys)"
+bash scripts/proxies.sh
 echo "== benchmark smoke test (bench.sh --quick: the suite runs; no timing is asserted)"
 bash scripts/bench.sh --quick > target/bench-quick.log 2>&1 || { cat target/bench-quick.log; exit 1; }
 tail -n 3 target/bench-quick.log

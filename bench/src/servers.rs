@@ -150,7 +150,7 @@ http {{
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .with_context(|| format!("cannot run {NGINX} (scripts/nginx.sh installs it)"))?;
+            .with_context(|| format!("cannot run {NGINX} (scripts/proxies.sh installs it)"))?;
         let nginx = Nginx { child, addr, dir };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::net::TcpStream::connect(addr).is_err() {

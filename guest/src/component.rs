@@ -606,6 +606,7 @@ fn settings() -> &'static Settings {
             .and_then(|v| v.parse().ok())
             .unwrap_or(api::DEFAULT_MAX_KEYS_PER_TENANT);
         let github_scanning_keys = get("github-scanning-keys");
+        let endpoints = api::Endpoints::parse(get("endpoints").as_deref());
         Settings {
             jwt_secret,
             upstream,
@@ -613,6 +614,7 @@ fn settings() -> &'static Settings {
             jwt_max_lifetime_secs,
             max_keys_per_tenant,
             github_scanning_keys,
+            endpoints,
         }
     })
 }

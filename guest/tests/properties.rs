@@ -315,4 +315,90 @@ proptest! {
             }
         }
     }
+
+    /// Whatever the request, a proxy asking `/_sigma/auth/forward` or
+    /// `/_sigma/auth/envoy/...` about it is allowed exactly when the gateway
+    /// would forward it, with the same identity, and refused with the same
+    /// status and code otherwise.
+    #[test]
+    fn the_authorization_endpoints_agree_with_the_gateway(
+        m in method(),
+        p in path(),
+        extra in prop::collection::vec(header(), 0..4),
+        key_permissions in prop::sample::subsequence(Permission::ALL.to_vec(), 1..=5),
+    ) {
+        let store = MemoryStore::default();
+        let new = keys::NewKey {
+            name: "prop",
+            permissions: &key_permissions,
+            expires_at: None,
+        };
+        let actor = sigma_keys_guest::domain::events::Actor::cli();
+        let (_, raw) = keys::create(&store, "acme", &new, &actor, 10).unwrap();
+        let mut headers = vec![("x-sigma-apikey".to_string(), raw.expose().as_bytes().to_vec())];
+        // The original's framing is the proxy's to check: it never reaches us.
+        headers.extend(extra.into_iter().filter(|(n, _)| {
+            !n.starts_with("x-forwarded-") && n != "content-length" && n != "transfer-encoding"
+        }));
+        let s = settings();
+        let head = |method: &'static str, path: &str, headers: &[(String, Vec<u8>)]| {
+            let (method, path, headers) = (method.to_owned(), path.to_owned(), headers.to_vec());
+            let mut caller = Caller::default();
+            let head = RequestHead {
+                method: &method,
+                path_with_query: &path,
+                headers: &headers,
+                peer: Some("198.51.100.1"),
+                tls: false,
+            };
+            api::decide(&store, &s, &head, &mut caller)
+        };
+        let leaked: &'static str = Box::leak(m.clone().into_boxed_str());
+        let gateway = head(leaked, &p, &headers);
+        let mut asking = headers.clone();
+        asking.push(("x-forwarded-method".into(), m.as_bytes().to_vec()));
+        asking.push(("x-forwarded-uri".into(), p.as_bytes().to_vec()));
+        let forward = head("GET", "/_sigma/auth/forward", &asking);
+        let envoy = head(leaked, &format!("/_sigma/auth/envoy{p}"), &headers);
+        let identity = |hs: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> {
+            hs.iter()
+                .filter(|(n, v)| IDENTITY_HEADERS.contains(&n.as_str()) && !v.is_empty())
+                .cloned()
+                .collect()
+        };
+        // Header values are ASCII: a proxy percent-encodes what is not.
+        let readable = p.is_ascii() && m.is_ascii();
+        for (name, answer) in [("forward", forward), ("envoy", envoy)] {
+            let Decision::Reply(answer) = answer else {
+                prop_assert!(false, "an authorization endpoint did not reply");
+                unreachable!();
+            };
+            let (status, answer_headers, body) = answer.to_http();
+            if name == "forward" && !readable {
+                prop_assert_eq!(status, 400, "{} {}", m, p);
+                continue;
+            }
+            match &gateway {
+                Decision::Forward(plan) => {
+                    prop_assert_eq!(status, 200, "{} {}", m, p);
+                    prop_assert!(body.is_empty());
+                    prop_assert_eq!(identity(&answer_headers), identity(&plan.headers));
+                }
+                Decision::Reply(refused) => {
+                    let (gateway_status, _, gateway_body) = refused.to_http();
+                    let code = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b)
+                        .ok()
+                        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+                    if gateway_status < 400 {
+                        continue;
+                    }
+                    prop_assert_eq!(status, gateway_status, "{} {}", m, p);
+                    prop_assert_eq!(code(&body), code(&gateway_body), "{} {}", m, p);
+                    prop_assert!(identity(&answer_headers).is_empty());
+                }
+                // A management endpoint is no resource behind a proxy.
+                Decision::Handle => prop_assert!(status >= 400, "{} {}", m, p),
+            }
+        }
+    }
 }

@@ -87,6 +87,9 @@ struct ServeArgs {
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     listen: SocketAddr,
+    /// Serve the authorization endpoints for proxies (/_sigma/auth/...) on this address only, and nothing else there
+    #[arg(long, value_name = "ADDR")]
+    auth_listen: Option<SocketAddr>,
     #[command(flatten)]
     db: DbArg,
     #[command(flatten)]
@@ -425,14 +428,35 @@ async fn serve(args: ServeArgs) -> Result<()> {
         jwt_max_lifetime: Some(args.jwt_max_lifetime),
         max_keys_per_tenant: Some(args.max_keys_per_tenant),
         github_scanning_keys,
+        endpoints: args.auth_listen.map(|_| "public"),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is the port in use?)", args.listen))?;
+    let auth = match args.auth_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (is the port in use?)"))?;
+            let only_auth = Settings {
+                endpoints: Some("auth"),
+                ..settings.clone()
+            };
+            Some((listener, Arc::new(Runtime::new(db.clone(), &only_auth)?)))
+        }
+        None => None,
+    };
     let runtime = Arc::new(Runtime::new(db.clone(), &settings)?);
     let local = listener.local_addr()?;
     let db_arg = location.display();
     println!("sigma-keys listening on http://{local}");
+    match &auth {
+        Some((listener, _)) => println!(
+            "  proxy authorization: http://{}/_sigma/auth/ (only there)",
+            listener.local_addr()?
+        ),
+        None => println!("  proxy authorization: http://{local}/_sigma/auth/"),
+    }
     println!("  database: {db_arg}");
     match &args.upstream {
         Some(u) => println!("  upstream: {u}"),
@@ -466,13 +490,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // SIGINT or SIGTERM: stop serving, then write what is pending.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
-    let shutdown = async move {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }
+        let _ = stop.send(true);
+    });
+    let shutdown = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let served = server::serve(runtime, listener, limits, shutdown).await;
+    let public = server::serve(runtime, listener, limits, shutdown(stopped.clone()));
+    let served = match auth {
+        Some((listener, runtime)) => {
+            let auth = server::serve(runtime, listener, limits, shutdown(stopped));
+            tokio::try_join!(public, auth).map(|_| ())
+        }
+        None => public.await,
+    };
     // Pending lastUsedAt values are written before the process exits.
     db.close().await;
     served

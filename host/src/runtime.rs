@@ -47,6 +47,10 @@ pub struct Settings {
     /// GitHub's secret scanning public keys, as GitHub publishes them (the
     /// file's text); without them `POST /api/v1/secret-scanning/github` is 404.
     pub github_scanning_keys: Option<String>,
+    /// Which endpoints a listener serves, as the component names them:
+    /// `all` (the default), `public` (all but `/_sigma/auth/`) or `auth`
+    /// (only `/_sigma/auth/`).
+    pub endpoints: Option<&'static str>,
 }
 
 /// Who made an HTTP request, as the component reported it.
@@ -326,6 +330,9 @@ impl Runtime {
         }
         if let Some(keys) = &settings.github_scanning_keys {
             vars.insert("github-scanning-keys", keys.clone());
+        }
+        if let Some(endpoints) = settings.endpoints {
+            vars.insert("endpoints", endpoints);
         }
         tick_epochs(&engine)?;
         Ok(Runtime {

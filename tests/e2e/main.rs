@@ -12,6 +12,7 @@ mod management;
 mod multi_node;
 #[path = "../pg_cluster.rs"]
 mod pg_cluster;
+mod proxies;
 mod proxy;
 mod stock_host;
 mod story;

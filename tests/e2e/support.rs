@@ -29,6 +29,8 @@ pub type Case<'a, P> = (&'a str, P, Vec<(&'a str, &'a str)>, u16, &'a str);
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// Where `/_sigma/auth/` is served (`addr` unless `--auth-listen` is given).
+    pub auth_addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
     /// What `--db` is given: `db`, or a PostgreSQL URL.
@@ -53,6 +55,7 @@ impl Server {
         let mut server = Server {
             child: None,
             addr: "127.0.0.1:0".parse().expect("addr"),
+            auth_addr: "127.0.0.1:0".parse().expect("addr"),
             db_arg: db.map_or_else(|| path.display().to_string(), str::to_owned),
             db: path,
             dir,
@@ -116,9 +119,19 @@ impl Server {
                 }
             }
         };
+        // The next line says where the authorization endpoints are.
+        let auth_addr = match lines.next() {
+            Some(Ok(line)) => line
+                .strip_prefix("  proxy authorization: http://")
+                .and_then(|rest| rest.split_once('/'))
+                .and_then(|(addr, _)| addr.parse().ok())
+                .unwrap_or_else(|| panic!("no authorization address in {line:?}")),
+            _ => panic!("sigma-keys stopped after starting:\n{}", self.logs()),
+        };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         self.addr = addr;
+        self.auth_addr = auth_addr;
         self.child = Some(child);
     }
 

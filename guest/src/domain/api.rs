@@ -6,10 +6,11 @@ use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ErrorCode};
 use super::events::{self, Actor, Via};
+use super::forward_auth::{self, Convention, ERROR_HEADER, STATUS_HEADER};
 use super::framing;
 use super::headers::{
-    API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, end_to_end_headers, is_owned,
-    is_plain_authority,
+    API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, IDENTITY_HEADERS,
+    end_to_end_headers, is_owned, is_plain_authority,
 };
 use super::jwt::{self, Principal};
 use super::keys::{self, KeyStore, NewKey, Verified};
@@ -47,6 +48,34 @@ pub struct Settings {
     /// that never see an alert never pay for it; an unreadable list keeps
     /// the endpoint on and refuses every alert (fail closed).
     pub github_scanning_keys: Option<String>,
+    /// Which endpoints this listener serves.
+    pub endpoints: Endpoints,
+}
+
+/// Which endpoints a listener serves: with `--auth-listen`, the
+/// authorization endpoints move to a listener of their own, so they can
+/// stay private.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Everything: the gateway, the management API and `/_sigma/auth/`.
+    #[default]
+    All,
+    /// Everything but `/_sigma/auth/`.
+    Public,
+    /// Only `/_sigma/auth/`.
+    Auth,
+}
+
+impl Endpoints {
+    /// From the component's `endpoints` setting. An unknown value serves
+    /// the least: only the authorization endpoints.
+    pub fn parse(value: Option<&str>) -> Endpoints {
+        match value {
+            None | Some("all") => Endpoints::All,
+            Some("public") => Endpoints::Public,
+            Some(_) => Endpoints::Auth,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -58,6 +87,7 @@ impl Default for Settings {
             jwt_max_lifetime_secs: DEFAULT_JWT_MAX_LIFETIME_SECS,
             max_keys_per_tenant: DEFAULT_MAX_KEYS_PER_TENANT,
             github_scanning_keys: None,
+            endpoints: Endpoints::All,
         }
     }
 }
@@ -115,6 +145,7 @@ pub struct Caller {
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The JSON body; `Null` sends no body at all.
     pub body: Value,
 }
 
@@ -145,11 +176,16 @@ pub enum Decision {
 impl Reply {
     /// The status, every header (`content-type` and `content-length` first) and the body bytes.
     pub fn to_http(&self) -> (u16, Headers, Vec<u8>) {
-        let body = serde_json::to_vec(&self.body).unwrap_or_default();
-        let mut headers: Headers = vec![
-            ("content-type".into(), b"application/json".to_vec()),
-            ("content-length".into(), body.len().to_string().into_bytes()),
-        ];
+        let mut headers: Headers = Vec::with_capacity(self.headers.len() + 2);
+        let body = if self.body.is_null() {
+            headers.push(("content-length".into(), b"0".to_vec()));
+            Vec::new()
+        } else {
+            let body = serde_json::to_vec(&self.body).unwrap_or_default();
+            headers.push(("content-type".into(), b"application/json".to_vec()));
+            headers.push(("content-length".into(), body.len().to_string().into_bytes()));
+            body
+        };
         headers.extend(
             self.headers
                 .iter()
@@ -271,6 +307,14 @@ pub fn decide(
     head: &RequestHead<'_>,
     caller: &mut Caller,
 ) -> Decision {
+    // Before the framing checks: an authorization request's own body is
+    // never read or passed on (a proxy may send the original's framing).
+    if let Some(served) = served_here(settings, head.path()) {
+        return Decision::Reply(match served {
+            Ok(convention) => auth_endpoint(store, settings, head, convention, caller),
+            Err(e) => error_reply(&e),
+        });
+    }
     if let Err(e) = check_request(head) {
         return Decision::Reply(error_reply(&e));
     }
@@ -291,12 +335,104 @@ fn route(
     body: &mut dyn BodySource,
     caller: &mut Caller,
 ) -> Result<Outcome, ApiError> {
-    check_request(head)?;
     let path = head.path();
+    if let Some(served) = served_here(settings, path) {
+        return Ok(Outcome::Reply(auth_endpoint(
+            store, settings, head, served?, caller,
+        )));
+    }
+    check_request(head)?;
     if let Some(endpoint) = management_route(path) {
         return management(store, settings, head, endpoint, body, caller).map(Outcome::Reply);
     }
     resource(store, settings, head, caller)
+}
+
+/// Whether this listener answers `path` differently from the gateway: an
+/// authorization endpoint's convention, or an error for a path this
+/// listener does not serve. `None`: the gateway and management API decide.
+fn served_here(settings: &Settings, path: &str) -> Option<Result<&'static Convention, ApiError>> {
+    let auth = forward_auth::is_auth_path(path);
+    let elsewhere = match (settings.endpoints, auth) {
+        (Endpoints::Public, true) => "the authorization endpoints are served on another listener",
+        (Endpoints::Auth, false) => "this listener serves only the authorization endpoints",
+        (_, false) => return None,
+        (_, true) => return Some(forward_auth::convention(path)),
+    };
+    Some(Err(ApiError::new(
+        ErrorCode::UnknownResource,
+        format!("Nothing is served at this path here: {elsewhere}."),
+    )))
+}
+
+/// An authorization endpoint: the gateway's decision about the request the
+/// proxy asks about, said in the proxy's terms. Allowed: 200, no body, the
+/// identity headers for the proxy to copy upstream. Nothing is forwarded.
+fn auth_endpoint(
+    store: &dyn KeyStore,
+    settings: &Settings,
+    head: &RequestHead<'_>,
+    convention: &Convention,
+    caller: &mut Caller,
+) -> Reply {
+    let admitted =
+        forward_auth::original(convention, head.method, head.path_with_query, head.headers)
+            .and_then(|original| {
+                let asked = RequestHead {
+                    method: original.method,
+                    path_with_query: original.path_with_query,
+                    ..*head
+                };
+                if routes::overrides_method(asked.path_with_query) {
+                    return Err(ApiError::invalid_request(
+                        "the original URI must not carry a method override (_method)",
+                    ));
+                }
+                admit(store, settings, &asked, caller)
+            });
+    match admitted {
+        Ok(admitted) => {
+            let mut r = Reply {
+                status: 200,
+                headers: vec![("cache-control".into(), "no-store".into())],
+                body: Value::Null,
+            };
+            if convention.only_401_403 {
+                r.headers.push((STATUS_HEADER.into(), "200".into()));
+            }
+            if let Some(remove) = convention.remove_header {
+                let unset = IDENTITY_HEADERS
+                    .into_iter()
+                    .filter(|name| !admitted.identity.iter().any(|(set, _)| set == name));
+                let names: Vec<&str> = std::iter::once(API_KEY_HEADER).chain(unset).collect();
+                r.headers.push((remove.into(), names.join(", ")));
+            }
+            if convention.name_every_identity {
+                for name in IDENTITY_HEADERS {
+                    if !admitted.identity.iter().any(|(set, _)| *set == name) {
+                        r.headers.push((name.to_owned(), String::new()));
+                    }
+                }
+            }
+            r.headers.extend(
+                admitted
+                    .identity
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value)),
+            );
+            r
+        }
+        Err(e) => {
+            let mut r = error_reply(&e);
+            r.status = forward_auth::refusal_status(convention, &e);
+            if convention.only_401_403 {
+                r.headers
+                    .push((STATUS_HEADER.into(), e.code.status().to_string()));
+                r.headers.push((ERROR_HEADER.into(), e.code.name().into()));
+            }
+            r
+        }
+    }
 }
 
 /// What every request must satisfy before anything else is looked at, and
@@ -770,13 +906,24 @@ fn note_key(caller: &mut Caller, verified: &Verified) {
     caller.key_id = Some(verified.key.id.clone());
 }
 
-fn resource(
+/// A request the gateway lets through, and who it is for the upstream.
+struct Admitted {
+    /// The identity headers to set upstream.
+    identity: Vec<(&'static str, String)>,
+    /// A Bearer request keeps its Authorization; an API key is never passed on.
+    keep_authorization: bool,
+}
+
+/// The gateway's decision about a resource request: credential, then route,
+/// then permission. The gateway and every authorization endpoint decide
+/// with this one function.
+fn admit(
     store: &dyn KeyStore,
     settings: &Settings,
     head: &RequestHead<'_>,
     caller: &mut Caller,
-) -> Result<Outcome, ApiError> {
-    let mut identity: Vec<(&str, String)> = Vec::with_capacity(3);
+) -> Result<Admitted, ApiError> {
+    let mut identity: Vec<(&'static str, String)> = Vec::with_capacity(3);
     let keep_authorization = match credential(head)? {
         Credential::None => {
             return Err(ApiError::new(
@@ -807,6 +954,22 @@ fn resource(
             true
         }
     };
+    Ok(Admitted {
+        identity,
+        keep_authorization,
+    })
+}
+
+fn resource(
+    store: &dyn KeyStore,
+    settings: &Settings,
+    head: &RequestHead<'_>,
+    caller: &mut Caller,
+) -> Result<Outcome, ApiError> {
+    let Admitted {
+        identity,
+        keep_authorization,
+    } = admit(store, settings, head, caller)?;
     let Some(upstream) = settings.upstream.clone() else {
         return Err(ApiError::new(
             ErrorCode::NoUpstream,

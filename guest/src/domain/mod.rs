@@ -3,6 +3,7 @@
 pub mod api;
 pub mod error;
 pub mod events;
+pub mod forward_auth;
 pub mod framing;
 pub mod headers;
 pub mod jwt;

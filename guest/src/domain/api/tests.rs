@@ -1059,3 +1059,5 @@ fn github_alerts_need_a_valid_signature_and_deactivate_our_keys() {
         json!({"valid": false, "code": "api_key_deactivated"})
     );
 }
+
+mod forward_auth;
