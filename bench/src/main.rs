@@ -269,6 +269,9 @@ fn main() -> Result<()> {
     if run("proxy_auth") {
         proxy_auth(&o, runs, &mut report)?;
     }
+    if run("forward_auth") {
+        forward_auth(&o, runs, &mut report)?;
+    }
     if run("verify_http") {
         verify_http(&o, runs, &mut report)?;
     }
@@ -736,7 +739,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     // (name, URL, headers, whether only 2xx counts, note). The last one is the
     // same server, key and authentication on a path that is no resource (a
     // 404 from the component): everything but the forwarding leg.
-    let cases = [
+    let cases: [LoadCase<'_>; 5] = [
         (
             "proxy_auth.upstream_direct",
             format!("http://{upstream}/api/v1/records"),
@@ -773,9 +776,53 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
             "same key on an unknown path: authentication, route, 404; no forwarding",
         ),
     ];
-    // Interleaved: each round measures every case once, so a slow moment of
-    // this shared machine lands on all of them rather than on one.
-    for (_, url, headers, expect_2xx, _) in &cases {
+    let rounds = interleaved(report, &cases, runs, secs)?;
+    let index = |name: &str| cases.iter().position(|c| c.0 == name);
+    let (Some(sigma_i), Some(plain_i), Some(nginx_i), Some(bare_i), Some(direct_i)) = (
+        index("proxy_auth.sigma_keys"),
+        index("proxy_auth.plain_proxy"),
+        index("proxy_auth.nginx"),
+        index("proxy_auth.sigma_keys_no_forward"),
+        index("proxy_auth.upstream_direct"),
+    ) else {
+        bail!("a proxy_auth case is missing");
+    };
+    // Each ratio is taken within a round (both sides measured minutes
+    // apart at most), then the median of the rounds.
+    for (baseline, target) in [
+        (bare_i, None),
+        (plain_i, Some(0.85)),
+        (nginx_i, Some(0.75)),
+        (direct_i, None),
+    ] {
+        ratio_within_rounds(report, &cases, &rounds, (sigma_i, baseline), runs, target);
+    }
+    let p99 = report
+        .value("proxy_auth.sigma_keys.p99")
+        .context("proxy_auth.sigma_keys.p99 was not measured")?;
+    report.flag(
+        "proxy_auth.sigma_keys.p99_under_3ms",
+        p99 < 3.0,
+        "p99 < 3 ms at 64 connections",
+    );
+    drop(nginx);
+    Ok(())
+}
+
+/// A load case: name, URL, headers, whether only 2xx counts, note.
+type LoadCase<'a> = (&'a str, String, &'a [&'a str], bool, &'a str);
+
+/// Measures every case `runs` times, interleaved: each round measures every
+/// case once, so a slow moment of this shared machine lands on all of them
+/// rather than on one. Reports each case's medians and spread; returns every
+/// round's loads, by case.
+fn interleaved(
+    report: &mut Report,
+    cases: &[LoadCase<'_>],
+    runs: usize,
+    secs: u64,
+) -> Result<Vec<Vec<Load>>> {
+    for (_, url, headers, expect_2xx, _) in cases {
         wrk(url, 64, 1, headers, None, *expect_2xx)?;
     }
     let mut rounds: Vec<Vec<Load>> = vec![Vec::new(); cases.len()];
@@ -798,54 +845,84 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
             &note,
         );
     }
-    let index = |name: &str| cases.iter().position(|c| c.0 == name);
-    let (Some(sigma_i), Some(plain_i), Some(nginx_i), Some(bare_i), Some(direct_i)) = (
-        index("proxy_auth.sigma_keys"),
-        index("proxy_auth.plain_proxy"),
-        index("proxy_auth.nginx"),
-        index("proxy_auth.sigma_keys_no_forward"),
-        index("proxy_auth.upstream_direct"),
-    ) else {
-        bail!("a proxy_auth case is missing");
-    };
-    // Each ratio is taken within a round (both sides measured minutes
-    // apart at most), then the median of the rounds.
-    for (baseline, target) in [
-        (bare_i, None),
-        (plain_i, Some(0.85)),
-        (nginx_i, Some(0.75)),
-        (direct_i, None),
-    ] {
-        let ratios: Vec<f64> = rounds[sigma_i]
-            .iter()
-            .zip(&rounds[baseline])
-            .map(|(s, b)| s.rps / b.rps)
-            .collect();
-        let value = median(ratios.clone());
-        let base_name = format!("{}.rps", cases[baseline].0);
-        let mut note = spread(&ratios, runs);
-        if let Some(t) = target {
-            note = format!(
-                "target >= {t}: {}; {note}",
-                if value >= t { "met" } else { "NOT met" }
-            );
-        }
-        report.ratio_row(
-            &format!("proxy_auth.sigma_keys.rps / {base_name}"),
-            value,
-            &base_name,
-            &note,
+    Ok(rounds)
+}
+
+/// The row `cases[a].rps / cases[b].rps`: each ratio taken within a round
+/// (both sides measured seconds apart), then the median of the rounds.
+fn ratio_within_rounds(
+    report: &mut Report,
+    cases: &[LoadCase<'_>],
+    rounds: &[Vec<Load>],
+    (a, b): (usize, usize),
+    runs: usize,
+    target: Option<f64>,
+) {
+    let ratios: Vec<f64> = rounds[a]
+        .iter()
+        .zip(&rounds[b])
+        .map(|(x, y)| x.rps / y.rps)
+        .collect();
+    let value = median(ratios.clone());
+    let base_name = format!("{}.rps", cases[b].0);
+    let mut note = spread(&ratios, runs);
+    if let Some(t) = target {
+        note = format!(
+            "target >= {t}: {}; {note}",
+            if value >= t { "met" } else { "NOT met" }
         );
     }
-    let p99 = report
-        .value("proxy_auth.sigma_keys.p99")
-        .context("proxy_auth.sigma_keys.p99 was not measured")?;
-    report.flag(
-        "proxy_auth.sigma_keys.p99_under_3ms",
-        p99 < 3.0,
-        "p99 < 3 ms at 64 connections",
+    report.ratio_row(
+        &format!("{}.rps / {base_name}", cases[a].0),
+        value,
+        &base_name,
+        &note,
     );
-    drop(nginx);
+}
+
+// ---- 2b. nginx asking sigma-keys (auth_request) -------------------------
+
+/// nginx with `auth_request` to sigma-keys (the documented config) against
+/// nginx proxying alone, beside sigma-keys' own gateway, interleaved.
+fn forward_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
+    let secs = if o.quick { 2 } else { 5 };
+    let upstream_server = child(Command::new(std::env::current_exe()?).arg("upstream"))?;
+    let upstream = upstream_server.addr;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("k.db");
+    let up = format!("http://{upstream}");
+    let sigma = serve(&o.server, &db, &["--upstream", &up], None)?;
+    let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
+    let key = format!("X-Sigma-ApiKey: {raw}");
+    let nginx = servers::Nginx::start(upstream)?;
+    let asking = servers::Nginx::with_auth_request(upstream, sigma.addr)?;
+    let cases: [LoadCase<'_>; 3] = [
+        (
+            "forward_auth.nginx",
+            format!("http://{}/api/v1/records", nginx.addr),
+            &[][..],
+            true,
+            "nginx (Debian) proxy_pass with upstream keep-alive, 2 workers, no auth",
+        ),
+        (
+            "forward_auth.nginx_auth_request",
+            format!("http://{}/api/v1/records", asking.addr),
+            &[key.as_str()][..],
+            true,
+            "the same nginx asking sigma-keys with auth_request (docs/proxies.md's config), valid key",
+        ),
+        (
+            "forward_auth.sigma_keys",
+            format!("http://{}/api/v1/records", sigma.addr),
+            &[key.as_str()][..],
+            true,
+            "sigma-keys' own gateway, same key and upstream",
+        ),
+    ];
+    let rounds = interleaved(report, &cases, runs, secs)?;
+    ratio_within_rounds(report, &cases, &rounds, (1, 0), runs, None);
+    ratio_within_rounds(report, &cases, &rounds, (2, 0), runs, None);
+    drop((nginx, asking));
     Ok(())
 }
 

@@ -103,13 +103,61 @@ pub struct Nginx {
 /// Where Debian's package puts the binary.
 const NGINX: &str = "/usr/sbin/nginx";
 
+/// The proxy configs users are told to paste, as the docs give them.
+const PROXIES_DOC: &str = include_str!("../../docs/proxies.md");
+
 impl Nginx {
+    /// nginx proxying to `upstream`, without authentication.
     pub fn start(upstream: SocketAddr) -> anyhow::Result<Nginx> {
+        Nginx::serving(|addr| {
+            Ok(format!(
+                "upstream backend {{
+        server {upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}"
+            ))
+        })
+    }
+
+    /// nginx with `auth_request` to sigma-keys at `sigma`, exactly as
+    /// docs/proxies.md configures it (only the addresses replaced).
+    pub fn with_auth_request(upstream: SocketAddr, sigma: SocketAddr) -> anyhow::Result<Nginx> {
+        use anyhow::Context as _;
+        let start = PROXIES_DOC
+            .find("```nginx\n")
+            .context("docs/proxies.md has no nginx config")?;
+        let block = &PROXIES_DOC[start + "```nginx\n".len()..];
+        let block = &block[..block.find("```").context("unclosed nginx config")?];
+        Nginx::serving(|addr| {
+            for placeholder in ["listen 8000;", "127.0.0.1:8081", "127.0.0.1:9000"] {
+                anyhow::ensure!(
+                    block.contains(placeholder),
+                    "the documented nginx config lost {placeholder:?}"
+                );
+            }
+            Ok(block
+                .replace("listen 8000;", &format!("listen {addr};"))
+                .replace("127.0.0.1:8081", &sigma.to_string())
+                .replace("127.0.0.1:9000", &upstream.to_string()))
+        })
+    }
+
+    /// nginx with `server` (given the address to listen on) in its `http` block.
+    fn serving(server: impl FnOnce(SocketAddr) -> anyhow::Result<String>) -> anyhow::Result<Nginx> {
         use anyhow::Context as _;
         let dir = tempfile::tempdir()?;
         // nginx takes a port, not port 0: take a free one and let it go.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let root = dir.path().display().to_string();
+        let server = server(addr)?;
         let conf = format!(
             "worker_processes 2;
 pid {root}/nginx.pid;
@@ -122,18 +170,7 @@ http {{
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
-    upstream backend {{
-        server {upstream};
-        keepalive 64;
-    }}
-    server {{
-        listen {addr};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-        }}
-    }}
+    {server}
 }}
 "
         );
