@@ -28,6 +28,7 @@ pub mod bindings {
     });
 }
 
+mod component_log;
 pub mod engine;
 mod hop_by_hop;
 pub mod runtime;

@@ -22,6 +22,15 @@ use sigma_keys::{KeyRecord, Permission, Service, Settings};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: text, or one JSON object per line
+    #[arg(long, global = true, env = "SIGMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,31 +48,38 @@ enum Command {
 
 #[derive(Args)]
 struct DbArg {
-    /// The store: a SQLite file, or a postgres:// or postgresql:// URL
+    /// The store: a SQLite file, or a postgres:// or postgresql:// URL (also SIGMA_DATABASE_URL) [default: ./sigma-keys.db]
     #[arg(
         long,
-        env = "SIGMA_DATABASE_URL",
+        env = "SIGMA_DB",
         hide_env_values = true,
-        default_value = "./sigma-keys.db",
         value_name = "PATH|URL"
     )]
-    db: String,
+    db: Option<String>,
 }
 
+/// The store when neither `--db`, `SIGMA_DB` nor `SIGMA_DATABASE_URL` names one.
+const DEFAULT_DB: &str = "./sigma-keys.db";
+
 impl DbArg {
-    /// Parsed here rather than by clap, whose errors repeat the value (and
-    /// so a URL's password).
+    /// `--db`, else `SIGMA_DB`, else `SIGMA_DATABASE_URL` (the name URLs
+    /// usually travel under), else [`DEFAULT_DB`]. Parsed here rather than
+    /// by clap, whose errors repeat the value (and so a URL's password).
     fn location(&self) -> Result<Location> {
-        self.db
-            .parse()
-            .map_err(|reason| anyhow::anyhow!("--db (or SIGMA_DATABASE_URL) {reason}"))
+        let db = self
+            .db
+            .clone()
+            .or_else(|| std::env::var("SIGMA_DATABASE_URL").ok())
+            .unwrap_or_else(|| DEFAULT_DB.to_owned());
+        db.parse()
+            .map_err(|reason| anyhow::anyhow!("--db (or SIGMA_DB, SIGMA_DATABASE_URL) {reason}"))
     }
 }
 
 #[derive(Args)]
 struct SecretArg {
     /// Read the JWT secret from this file (mode 0600); SIGMA_JWT_SECRET wins. Required on PostgreSQL without SIGMA_JWT_SECRET
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "SIGMA_JWT_SECRET_FILE", value_name = "PATH")]
     jwt_secret_file: Option<PathBuf>,
 }
 
@@ -85,44 +101,52 @@ struct MigrateArgs {
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "SIGMA_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     listen: SocketAddr,
     /// Serve the authorization endpoints for proxies (/_sigma/auth/...) on this address only, and nothing else there
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "SIGMA_AUTH_LISTEN", value_name = "ADDR")]
     auth_listen: Option<SocketAddr>,
     #[command(flatten)]
     db: DbArg,
     #[command(flatten)]
     secret: SecretArg,
     /// PostgreSQL: a node answers from its cache only while it has confirmed, within this long, that the cache is current
-    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "SIGMA_MAX_STALENESS", default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     max_staleness: Duration,
     /// Forward authorized resource requests to this base URL (http:// or https://)
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "SIGMA_UPSTREAM", value_name = "URL")]
     upstream: Option<String>,
     /// Give up on the upstream (502/504) when it takes longer than this to connect, answer or send more
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "SIGMA_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     upstream_timeout: Duration,
     /// Close a connection whose request headers take longer than this
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "SIGMA_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     header_timeout: Duration,
     /// Close keep-alive connections idle for this long
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "SIGMA_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     idle_timeout: Duration,
     /// Close a connection whose request (headers and body) takes longer than this to arrive
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "SIGMA_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     request_timeout: Duration,
     /// Serve at most this many connections at once; more wait in the accept backlog
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    #[arg(long, env = "SIGMA_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_connections: u32,
     /// Refuse Bearer tokens that expire further ahead than this
-    #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "SIGMA_JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     jwt_max_lifetime: Duration,
     /// Refuse to create more than this many keys for one tenant (409 key_limit_reached)
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    #[arg(long, env = "SIGMA_MAX_KEYS_PER_TENANT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_keys_per_tenant: u32,
+    /// On SIGTERM or SIGINT, stop accepting and give requests in flight this long to finish
+    #[arg(long, env = "SIGMA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    shutdown_timeout: Duration,
     /// Accept GitHub secret scanning alerts at POST /api/v1/secret-scanning/github, signed by the keys in this file (GitHub's format: https://api.github.com/meta/public_keys/secret_scanning)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "SIGMA_GITHUB_SCANNING_KEYS", value_name = "PATH")]
     github_scanning_keys: Option<PathBuf>,
 }
 
@@ -271,14 +295,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SIGMA_KEYS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object per line, its fields flattened, for log shippers.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -289,10 +318,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let log_format = cli.log_format;
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match log_format {
+                LogFormat::Text => eprintln!("error: {e:#}"),
+                LogFormat::Json => tracing::error!("{e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -375,7 +408,7 @@ fn store_error(e: sigma_keys::store::StoreError) -> anyhow::Error {
 
 fn note_secret(source: &Source) {
     if let Source::Generated(path) = source {
-        eprintln!(
+        tracing::info!(
             "Generated a new JWT secret in {} (mode 0600); keep it next to the database.",
             path.display()
         );
@@ -486,6 +519,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         idle_timeout: args.idle_timeout,
         request_timeout: args.request_timeout,
         max_connections: args.max_connections as usize,
+        shutdown_timeout: args.shutdown_timeout,
     };
     // SIGINT or SIGTERM: stop serving, then write what is pending.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

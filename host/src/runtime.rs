@@ -355,7 +355,9 @@ impl Runtime {
             &self.engine,
             Ctx {
                 table: ResourceTable::new(),
-                wasi: WasiCtx::builder().inherit_stderr().build(),
+                wasi: WasiCtx::builder()
+                    .stderr(crate::component_log::ComponentLog)
+                    .build(),
                 http: WasiHttpCtx::new(),
                 hooks: self.hooks.clone(),
                 db: self.db.clone(),

@@ -35,7 +35,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -60,6 +60,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Connections served at once; more wait in the accept backlog.
     pub max_connections: usize,
+    /// After shutdown starts, how long requests in flight have to finish
+    /// before their connections are dropped.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -69,6 +72,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -80,10 +84,15 @@ type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 /// of its own: a connection, its requests and the upstream connections they
 /// use stay on one thread (as with nginx's worker processes), so serving a
 /// request wakes no other thread.
+///
+/// A worker stops once its channel closes and every connection it serves
+/// has ended; `stop` asks those connections to finish the request in flight
+/// and close.
 fn start_workers(
     runtime: &Arc<Runtime>,
     local: SocketAddr,
     limits: Limits,
+    stop: &watch::Receiver<bool>,
 ) -> Result<Vec<mpsc::UnboundedSender<Accepted>>> {
     let count = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut workers = Vec::with_capacity(count);
@@ -93,24 +102,36 @@ fn start_workers(
             .enable_all()
             .build()?;
         let runtime = runtime.clone();
+        let stop = stop.clone();
         std::thread::Builder::new()
             .name(format!("sigma-keys-serve-{i}"))
             .spawn(move || {
                 threads.block_on(async move {
-                    while let Some((stream, peer, slot)) = rx.recv().await {
-                        let stream = match TcpStream::from_std(stream) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::warn!("cannot serve an accepted connection: {e}");
-                                continue;
+                    let mut connections = tokio::task::JoinSet::new();
+                    loop {
+                        tokio::select! {
+                            accepted = rx.recv() => {
+                                let Some((stream, peer, slot)) = accepted else { break };
+                                let stream = match TcpStream::from_std(stream) {
+                                    Ok(s) => s,
+                                    Err(e) => {
+                                        tracing::warn!("cannot serve an accepted connection: {e}");
+                                        continue;
+                                    }
+                                };
+                                let runtime = runtime.clone();
+                                let stop = stop.clone();
+                                connections.spawn(async move {
+                                    connection(runtime, stream, peer, local, limits, stop).await;
+                                    drop(slot);
+                                });
                             }
-                        };
-                        let runtime = runtime.clone();
-                        tokio::spawn(async move {
-                            connection(runtime, stream, peer, local, limits).await;
-                            drop(slot);
-                        });
+                            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                        }
                     }
+                    // No more connections will come: finish those in flight
+                    // (the server waits at most its shutdown timeout).
+                    while connections.join_next().await.is_some() {}
                 });
             })?;
         workers.push(tx);
@@ -118,7 +139,10 @@ fn start_workers(
     Ok(workers)
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves; then stops accepting (new
+/// connections are refused), lets the requests in flight finish, forwarded
+/// ones included, and returns once every connection has closed or
+/// `limits.shutdown_timeout` has passed.
 pub async fn serve(
     runtime: Arc<Runtime>,
     listener: TcpListener,
@@ -126,8 +150,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let local = listener.local_addr()?;
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let workers = start_workers(&runtime, local, limits)?;
+    let capacity = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(capacity));
+    let (stop, stopped) = watch::channel(false);
+    let workers = start_workers(&runtime, local, limits, &stopped)?;
     let mut next = 0usize;
     tokio::pin!(shutdown);
     loop {
@@ -136,9 +162,9 @@ pub async fn serve(
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
-                Err(_) => return Ok(()),
+                Err(_) => break,
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -150,7 +176,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
         let stream = match stream.into_std() {
@@ -167,6 +193,28 @@ pub async fn serve(
             anyhow::bail!("a serving thread stopped");
         }
     }
+    // Closing the socket refuses new connections; the workers then see
+    // their channels close, and every connection hears `stop`.
+    drop(listener);
+    drop(workers);
+    let _ = stop.send(true);
+    let open = capacity - slots.available_permits();
+    if open > 0 {
+        tracing::info!(%local, open, "shutting down: finishing the requests in flight");
+    }
+    // Each open connection holds a slot until it has closed.
+    let all = u32::try_from(capacity).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_timeout, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            %local,
+            open = capacity - slots.available_permits(),
+            "connections still open after the shutdown timeout are dropped"
+        );
+    }
+    Ok(())
 }
 
 /// Activity on one connection, shared by its IO, its service and its watchdog.
@@ -249,6 +297,7 @@ async fn connection(
     peer: SocketAddr,
     local: SocketAddr,
     limits: Limits,
+    mut stop: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity {
         opened: Instant::now(),
@@ -314,6 +363,11 @@ async fn connection(
                     tracing::debug!(%peer, "connection ended: {e}");
                 }
                 return;
+            }
+            // Shutting down: finish the request in flight, then close.
+            _ = stop.wait_for(|stop| *stop), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
             }
             close = &mut dog, if !closing => match close {
                 Close::Abort => {

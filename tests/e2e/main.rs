@@ -10,6 +10,7 @@ mod lifecycle;
 mod limits;
 mod management;
 mod multi_node;
+mod operations;
 #[path = "../pg_cluster.rs"]
 mod pg_cluster;
 mod proxies;
