@@ -28,9 +28,11 @@ pub mod bindings {
     });
 }
 
+pub mod admin;
 mod component_log;
 pub mod engine;
 mod hop_by_hop;
+pub mod metrics;
 pub mod runtime;
 pub mod secret;
 pub mod server;

@@ -111,6 +111,9 @@ struct ServeArgs {
     /// Serve the authorization endpoints for proxies (/_sigma/auth/...) on this address only, and nothing else there
     #[arg(long, env = "SIGMA_AUTH_LISTEN", value_name = "ADDR")]
     auth_listen: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (off unless given; never on --listen)
+    #[arg(long, env = "SIGMA_ADMIN_LISTEN", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     db: DbArg,
     #[command(flatten)]
@@ -445,6 +448,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
     )
     .await?;
+    // Measured only when someone can read the measurements.
+    let admin = match args.admin_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (is the port in use?)"))?;
+            let handle = sigma_keys::metrics::install()?;
+            Some((listener, handle))
+        }
+        None => None,
+    };
+    let db = if admin.is_some() {
+        store::metered::Metered::wrap(db)
+    } else {
+        db
+    };
     let (jwt_secret, source) = match early {
         Some(resolved) => resolved,
         None => secret()?,
@@ -490,6 +509,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ),
         None => println!("  proxy authorization: http://{local}/_sigma/auth/"),
     }
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin_task = match admin {
+        Some((listener, handle)) => {
+            println!(
+                "  admin: http://{} (/metrics, /healthz, /readyz)",
+                listener.local_addr()?
+            );
+            let admin = Arc::new(sigma_keys::admin::Admin {
+                metrics: handle,
+                db: db.clone(),
+                draining: draining.clone(),
+            });
+            Some(tokio::spawn(sigma_keys::admin::serve(admin, listener)))
+        }
+        None => None,
+    };
     println!("  database: {db_arg}");
     match &args.upstream {
         Some(u) => println!("  upstream: {u}"),
@@ -530,6 +565,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = stop.send(true);
     });
     let shutdown = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -543,6 +579,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => public.await,
     };
+    if let Some(task) = admin_task {
+        task.abort();
+    }
     // Pending lastUsedAt values are written before the process exits.
     db.close().await;
     served

@@ -217,6 +217,22 @@ pub async fn serve(
     Ok(())
 }
 
+/// Counts a connection in [`crate::metrics::OPEN_CONNECTIONS`] while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> OpenConnection {
+        metrics::gauge!(crate::metrics::OPEN_CONNECTIONS).increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::OPEN_CONNECTIONS).decrement(1.0);
+    }
+}
+
 /// Activity on one connection, shared by its IO, its service and its watchdog.
 struct Activity {
     opened: Instant,
@@ -299,6 +315,7 @@ async fn connection(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
+    let _open = OpenConnection::new();
     let activity = Arc::new(Activity {
         opened: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -528,17 +545,22 @@ async fn handle(
     }
     strip_connection_nominated(req.headers_mut());
     let caller = Arc::new(Mutex::new(Caller::default()));
-    let response = match respond(runtime, req, peer, caller.clone()).await {
-        Ok(response) => response,
+    let (response, served) = match respond(runtime, req, peer, caller.clone()).await {
+        Ok(answered) => answered,
         Err(e) if e.is::<Overloaded>() => {
             tracing::warn!(%method, path, "{e}");
-            host_error(HostError::Overloaded)
+            (
+                host_error(HostError::Overloaded),
+                Served::host("overloaded"),
+            )
         }
         Err(e) => {
             tracing::error!(%method, path, "request failed in the component: {e:#}");
-            host_error(HostError::Internal)
+            metrics::counter!(crate::metrics::COMPONENT_TRAPS).increment(1);
+            (host_error(HostError::Internal), Served::host("internal"))
         }
     };
+    served.record(started);
     let caller = caller.lock().map(|c| c.clone()).unwrap_or_default();
     tracing::info!(
         target: "sigma_keys::request",
@@ -552,13 +574,72 @@ async fn handle(
     response
 }
 
+/// What became of a request, for the metrics.
+struct Served {
+    /// `forward`, `reply`, `handle`, or `none` when the host answered.
+    decision: &'static str,
+    /// `forwarded`, `replied`, an error code, or a management answer's status class.
+    outcome: std::borrow::Cow<'static, str>,
+}
+
+impl Served {
+    fn host(code: &'static str) -> Served {
+        Served {
+            decision: "none",
+            outcome: code.into(),
+        }
+    }
+
+    /// A reply of the component: `replied`, or its error code.
+    fn reply(decision: &'static str, reply: &Reply) -> Served {
+        let outcome = if reply.status < 400 || !crate::metrics::enabled() {
+            "replied".into()
+        } else {
+            serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|v| {
+                    v["error"]["code"]
+                        .as_str()
+                        .map(|c| crate::metrics::code_label(c).to_owned())
+                })
+                .unwrap_or_else(|| "other".to_owned())
+                .into()
+        };
+        Served { decision, outcome }
+    }
+
+    /// A management answer, streamed by the handler: its status class.
+    fn handled(status: hyper::StatusCode) -> Served {
+        let outcome = match status.as_u16() {
+            0..400 => "replied",
+            400..500 => "status_4xx",
+            _ => "status_5xx",
+        };
+        Served {
+            decision: "handle",
+            outcome: outcome.into(),
+        }
+    }
+
+    fn record(self, started: Instant) {
+        if !crate::metrics::enabled() {
+            return;
+        }
+        let Served { decision, outcome } = self;
+        metrics::histogram!(crate::metrics::REQUEST_SECONDS, "decision" => decision)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::REQUESTS, "decision" => decision, "outcome" => outcome)
+            .increment(1);
+    }
+}
+
 /// Asks the component what to do with the request, and does it.
 async fn respond(
     runtime: &Arc<Runtime>,
     req: Request<RequestBody>,
     peer: SocketAddr,
     caller: Arc<Mutex<Caller>>,
-) -> Result<Response<HyperOutgoingBody>> {
+) -> Result<(Response<HyperOutgoingBody>, Served)> {
     let mut instance = runtime.http_instance(caller.clone()).await?;
     let head = request_head(&req, peer);
     let decision = {
@@ -571,7 +652,8 @@ async fn respond(
     match decision {
         Decision::Reply(reply) => {
             runtime.give_back(instance);
-            Ok(reply_response(reply))
+            let served = Served::reply("reply", &reply);
+            Ok((reply_response(reply), served))
         }
         Decision::Forward(plan) => {
             let hop_by_hop = runtime.hop_by_hop(&mut instance).await?;
@@ -586,7 +668,11 @@ async fn respond(
                     forward(runtime, upstream, &plan, &hop_by_hop, caller).await
                 }
                 // Headers that HTTP cannot carry: the handler refuses them itself.
-                None => run_component(runtime, instance, req).await,
+                None => {
+                    let response = run_component(runtime, instance, req).await?;
+                    let served = Served::handled(response.status());
+                    Ok((response, served))
+                }
             }
         }
         Decision::Handle(body_limit) => {
@@ -595,7 +681,9 @@ async fn respond(
             runtime.give_back(instance);
             let req = read_body(req, body_limit as usize).await;
             let instance = runtime.http_instance(caller).await?;
-            run_component(runtime, instance, req).await
+            let response = run_component(runtime, instance, req).await?;
+            let served = Served::handled(response.status());
+            Ok((response, served))
         }
     }
 }
@@ -739,14 +827,17 @@ async fn forward(
     plan: &Forward,
     hop_by_hop: &[HeaderName],
     caller: Arc<Mutex<Caller>>,
-) -> Result<Response<HyperOutgoingBody>> {
+) -> Result<(Response<HyperOutgoingBody>, Served)> {
     let timeout = Some(Duration::from_millis(plan.timeout_ms));
     let options = RequestOptions {
         connect_timeout: timeout,
         first_byte_timeout: timeout,
         between_bytes_timeout: timeout,
     };
-    match runtime.upstream().send(upstream, Some(options)).await {
+    let sent = Instant::now();
+    let result = runtime.upstream().send(upstream, Some(options)).await;
+    metrics::histogram!(crate::metrics::UPSTREAM_SECONDS).record(sent.elapsed().as_secs_f64());
+    match result {
         Ok((mut response, io)) => {
             if let Some(io) = io {
                 tokio::spawn(async move {
@@ -760,7 +851,11 @@ async fn forward(
             for name in hop_by_hop {
                 headers.remove(name);
             }
-            Ok(response)
+            let served = Served {
+                decision: "forward",
+                outcome: "forwarded".into(),
+            };
+            Ok((response, served))
         }
         Err(e) => {
             tracing::warn!("upstream request failed: {e}");
@@ -770,6 +865,11 @@ async fn forward(
                 | HttpError::HttpResponseTimeout => UpstreamFailure::Timeout,
                 _ => UpstreamFailure::Unreachable,
             };
+            let kind = match failure {
+                UpstreamFailure::Timeout => "timeout",
+                UpstreamFailure::Unreachable => "unreachable",
+            };
+            metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "kind" => kind).increment(1);
             let mut instance = runtime.http_instance(caller).await?;
             let reply = {
                 let HttpInstance { store, typed, .. } = &mut instance;
@@ -779,7 +879,8 @@ async fn forward(
                     .await?
             };
             runtime.give_back(instance);
-            Ok(reply_response(reply))
+            let served = Served::reply("forward", &reply);
+            Ok((reply_response(reply), served))
         }
     }
 }

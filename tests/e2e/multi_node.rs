@@ -661,3 +661,58 @@ fn a_key_rolled_or_expired_on_one_node_is_refused_on_the_others() {
         ["key.created", "key.rolled", "key.created", "key.created"]
     );
 }
+
+/// `/readyz` says 503 with the reason while PostgreSQL is down (the change
+/// feed falls behind its bound), and 200 again once it is back.
+#[test]
+fn readiness_follows_the_database() {
+    let cluster = PgCluster::start();
+    let url = cluster.new_database();
+    let server = Server::start_on(
+        Some(&url),
+        &[("SIGMA_JWT_SECRET", SECRET)],
+        &["--admin-listen", "127.0.0.1:0"],
+    );
+    let admin = server.admin_addr.expect("admin address");
+    let ready = || crate::support::request(admin, "GET", "/readyz", &[], None);
+    let wait_for = |status: u16, limit: Duration| {
+        let started = Instant::now();
+        loop {
+            let r = ready();
+            if r.status == status {
+                return r;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "readyz stayed {}: {}",
+                r.status,
+                r.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(200, Duration::from_secs(5));
+    cluster.stop_immediate();
+    let down = wait_for(503, BOUND + Duration::from_secs(3));
+    let body = down.json();
+    assert_eq!(body["status"], "not_ready");
+    assert!(
+        body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(PASSWORD));
+    // Alive all along.
+    let health = crate::support::request(admin, "GET", "/healthz", &[], None);
+    assert_eq!(health.status, 200);
+    cluster.restart();
+    wait_for(200, Duration::from_secs(20));
+    let scrape = crate::support::request(admin, "GET", "/metrics", &[], None).text();
+    assert!(
+        scrape.contains("sigma_keys_change_feed_lag_seconds"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("sigma_keys_change_feed_reconnects_total"),
+        "{scrape}"
+    );
+}

@@ -159,3 +159,130 @@ fn the_shutdown_timeout_bounds_the_wait() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     let _ = slow.join();
 }
+
+/// The sum of every series of `name` whose labels include all of `labels`
+/// (`key="value"` pairs), in a Prometheus text scrape.
+fn series(scrape: &str, name: &str, labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name && labels.iter().all(|l| rest.contains(l))
+        })
+        .map(|(_, value)| value.parse::<f64>().expect("a number"))
+        .sum()
+}
+
+#[test]
+fn metrics_count_exactly_the_requests_made_and_stay_off_the_public_listener() {
+    let upstream = Upstream::start();
+    let server = Server::with_upstream(&upstream, &["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin_addr.expect("the admin address is printed");
+    let (id, raw) = server.create_key("acme", "k", &["read"]);
+    let scrape = || {
+        let r = request(admin, "GET", "/metrics", &[], None);
+        assert_eq!(r.status, 200);
+        assert!(
+            r.header("content-type")
+                .is_some_and(|t| t.starts_with("text/plain"))
+        );
+        r.text()
+    };
+    // Warm: the first lookup of the key is a miss, later ones hit.
+    server.send("GET", "/api/v1/records", &[("X-Sigma-ApiKey", &raw)], None);
+    let before = scrape();
+    let key = [("X-Sigma-ApiKey", raw.as_str())];
+    // (path, headers, status)
+    type Mix<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+    let mix: Vec<Mix<'_>> = vec![
+        ("/api/v1/records", key.to_vec(), 200),
+        ("/api/v1/records/1", key.to_vec(), 200),
+        ("/api/v1/schemas", key.to_vec(), 200),
+        ("/api/v1/records", vec![], 401),
+        ("/api/v1/schemas", vec![], 401),
+        (
+            "/api/v1/records",
+            vec![("X-Sigma-ApiKey", "sigma_sk_live_nope")],
+            401,
+        ),
+        ("/api/v1/nothing", key.to_vec(), 404),
+    ];
+    for (path, headers, status) in &mix {
+        let r = server.send("GET", path, headers, None);
+        assert_eq!(r.status, *status, "{path}");
+    }
+    let after = scrape();
+    let delta =
+        |name: &str, labels: &[&str]| series(&after, name, labels) - series(&before, name, labels);
+    let requests = "sigma_keys_requests_total";
+    assert_eq!(
+        delta(
+            requests,
+            &[r#"decision="forward""#, r#"outcome="forwarded""#]
+        ),
+        3.0
+    );
+    assert_eq!(delta(requests, &[r#"outcome="unauthenticated""#]), 2.0);
+    assert_eq!(delta(requests, &[r#"outcome="invalid_api_key""#]), 1.0);
+    assert_eq!(delta(requests, &[r#"outcome="unknown_resource""#]), 1.0);
+    assert_eq!(delta(requests, &[]), 7.0, "{after}");
+    assert_eq!(
+        delta(
+            "sigma_keys_request_duration_seconds_count",
+            &[r#"decision="forward""#]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta("sigma_keys_upstream_duration_seconds_count", &[]),
+        3.0
+    );
+    // Four lookups of a cached key; the malformed key is refused before any.
+    assert_eq!(
+        delta("sigma_keys_cache_lookups_total", &[r#"result="hit""#]),
+        4.0
+    );
+    assert_eq!(
+        delta("sigma_keys_cache_lookups_total", &[r#"result="miss""#]),
+        0.0
+    );
+    assert_eq!(delta("sigma_keys_component_traps_total", &[]), 0.0);
+    assert!(
+        after.contains("# HELP sigma_keys_requests_total"),
+        "{after}"
+    );
+    assert!(after.contains("sigma_keys_open_connections"), "{after}");
+    // Bounded labels: no tenant, key id or path.
+    for private in ["acme", id.as_str(), "/api/v1", raw.as_str()] {
+        assert!(!after.contains(private), "a label carries {private}");
+    }
+
+    // Health on the admin listener only.
+    let health = request(admin, "GET", "/healthz", &[], None);
+    assert_eq!(
+        (health.status, health.json()["status"].clone()),
+        (200, "ok".into())
+    );
+    let ready = request(admin, "GET", "/readyz", &[], None);
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, "ready".into())
+    );
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        // Without a key: 401 as for any request; with one: no such resource.
+        let r = server.send("GET", path, &[], None);
+        assert_eq!(r.error().0, 401, "{path} on the public listener");
+        let r = server.send("GET", path, &key, None);
+        assert_eq!(r.error(), (404, "unknown_resource".to_owned()), "{path}");
+    }
+    let r = request(admin, "POST", "/metrics", &[], None);
+    assert_eq!(r.error(), (405, "method_not_allowed".to_owned()));
+}
+
+#[test]
+fn without_admin_listen_there_is_no_admin_listener() {
+    let server = Server::start(&[]);
+    assert_eq!(server.admin_addr, None);
+}

@@ -31,6 +31,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Where `/_sigma/auth/` is served (`addr` unless `--auth-listen` is given).
     pub auth_addr: SocketAddr,
+    /// The admin listener, with `--admin-listen`.
+    pub admin_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
     /// What `--db` is given: `db`, or a PostgreSQL URL.
@@ -56,6 +58,7 @@ impl Server {
             child: None,
             addr: "127.0.0.1:0".parse().expect("addr"),
             auth_addr: "127.0.0.1:0".parse().expect("addr"),
+            admin_addr: None,
             db_arg: db.map_or_else(|| path.display().to_string(), str::to_owned),
             db: path,
             dir,
@@ -119,15 +122,26 @@ impl Server {
                 }
             }
         };
-        // The next line says where the authorization endpoints are.
-        let auth_addr = match lines.next() {
-            Some(Ok(line)) => line
-                .strip_prefix("  proxy authorization: http://")
-                .and_then(|rest| rest.split_once('/'))
-                .and_then(|(addr, _)| addr.parse().ok())
-                .unwrap_or_else(|| panic!("no authorization address in {line:?}")),
-            _ => panic!("sigma-keys stopped after starting:\n{}", self.logs()),
+        // The next lines say where the authorization endpoints and the
+        // admin listener are, before the database line.
+        let address = |line: &str, prefix: &str| -> Option<SocketAddr> {
+            line.strip_prefix(prefix)
+                .and_then(|rest| rest.split(['/', ' ']).next())
+                .and_then(|addr| addr.parse().ok())
         };
+        let mut auth_addr = None;
+        self.admin_addr = None;
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("  database:") => break,
+                Some(Ok(line)) => {
+                    auth_addr = auth_addr.or(address(&line, "  proxy authorization: http://"));
+                    self.admin_addr = self.admin_addr.or(address(&line, "  admin: http://"));
+                }
+                _ => panic!("sigma-keys stopped after starting:\n{}", self.logs()),
+            }
+        }
+        let auth_addr = auth_addr.expect("no authorization address");
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in lines {});
         self.addr = addr;

@@ -21,6 +21,7 @@ pub use crate::bindings::sigma::api_keys::store::{
 };
 
 pub mod cache;
+pub mod metered;
 pub mod postgres;
 pub mod sqlite;
 
@@ -191,6 +192,24 @@ pub trait KeyStore: Send + Sync {
     /// Stops background work after writing what is pending. Later calls
     /// still work; uses noted after it may be lost.
     async fn close(&self);
+    /// Whether the store can serve now: the database answers and, for a
+    /// backend with a change feed, the cache was confirmed current within
+    /// its staleness bound. The reason when not.
+    async fn ready(&self) -> Result<(), String>;
+    /// The change feed of a backend that follows one.
+    fn feed(&self) -> Option<FeedStatus> {
+        None
+    }
+}
+
+/// How a change feed is doing, for metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct FeedStatus {
+    /// Since the cache was last confirmed to hold every change (`None`:
+    /// never yet).
+    pub lag: Option<std::time::Duration>,
+    /// How often the feed's connection was opened again.
+    pub reconnects: u64,
 }
 
 /// Where the store is: a SQLite file or a PostgreSQL URL.

@@ -39,9 +39,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::cache::{KeyCache, PendingUses};
 use super::{
-    ActorVia, COLUMNS, EVENT_COLUMNS, Event, EventKind, EventQuery, KeyRecord, KeyStore,
-    LoggedEvent, Options, Roll, StoreError, USE_FLUSH_INTERVAL, active_at, event_kind_named,
-    event_kind_text, permission_named, permissions_to_text, via_named, via_text,
+    ActorVia, COLUMNS, EVENT_COLUMNS, Event, EventKind, EventQuery, FeedStatus, KeyRecord,
+    KeyStore, LoggedEvent, Options, Roll, StoreError, USE_FLUSH_INTERVAL, active_at,
+    event_kind_named, event_kind_text, permission_named, permissions_to_text, via_named, via_text,
 };
 
 /// The channel changes are announced on.
@@ -417,6 +417,12 @@ impl Feed {
         let confirmed = self.confirmed.load(Ordering::Acquire);
         confirmed != 0
             && u128::from(self.now().saturating_sub(confirmed)) < self.max_staleness.as_micros()
+    }
+
+    /// Since the cache was last confirmed current; `None` before the first time.
+    fn lag(&self) -> Option<Duration> {
+        let confirmed = self.confirmed.load(Ordering::Acquire);
+        (confirmed != 0).then(|| Duration::from_micros(self.now().saturating_sub(confirmed)))
     }
 
     fn confirm(&self, started: u64) {
@@ -878,7 +884,43 @@ impl KeyStore for PgStore {
             tracing::warn!("could not write the last lastUsedAt values: {e:?}");
         }
     }
+
+    async fn ready(&self) -> Result<(), String> {
+        let feed = &self.shared.feed;
+        if !feed.fresh() {
+            return Err(match feed.lag() {
+                Some(lag) => format!(
+                    "the change feed was last confirmed {} ms ago, beyond --max-staleness ({} ms)",
+                    lag.as_millis(),
+                    feed.max_staleness.as_millis()
+                ),
+                None => "the change feed has not been confirmed yet".to_owned(),
+            });
+        }
+        let client = self.client().await.map_err(|e| format!("{e:?}"))?;
+        match tokio::time::timeout(READY_TIMEOUT, client.query_one("SELECT 1", &[])).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "the database does not answer: {}",
+                db_error_text(&e)
+            )),
+            Err(_) => Err(format!(
+                "the database did not answer within {} ms",
+                READY_TIMEOUT.as_millis()
+            )),
+        }
+    }
+
+    fn feed(&self) -> Option<FeedStatus> {
+        Some(FeedStatus {
+            lag: self.shared.feed.lag(),
+            reconnects: self.shared.feed.reconnects.load(Ordering::Relaxed),
+        })
+    }
 }
+
+/// How long a readiness probe waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Applies the schema's migrations, one node at a time.
 async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {

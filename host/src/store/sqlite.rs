@@ -483,6 +483,11 @@ impl Db {
         })
     }
 
+    /// One trivial read: the database file opens and answers.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT count(*) FROM api_keys LIMIT 1", [], |_| Ok(())))
+    }
+
     pub fn list(&self, tenant: &str) -> Result<Vec<KeyRecord>, StoreError> {
         let mut list = self.read(|c| {
             c.prepare_cached(&format!(
@@ -950,6 +955,11 @@ impl KeyStore for SqliteStore {
         if let Err(e) = self.flush_uses().await {
             tracing::warn!("could not write the last lastUsedAt values: {e:?}");
         }
+    }
+    async fn ready(&self) -> Result<(), String> {
+        self.blocking(|db| db.ping())
+            .await
+            .map_err(|e| format!("the database does not answer: {e:?}"))
     }
 }
 
