@@ -21,6 +21,10 @@ echo "== PostgreSQL server programs (the tests start throwaway clusters)"
 bash scripts/postgres.sh
 echo "== nginx and Caddy (the tests start them in front of sigma-keys)"
 bash scripts/proxies.sh
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "== openssl (the tests make identity-provider key pairs with it)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssl; else sudo apt-get install -y -qq openssl; fi
+fi
 echo "== benchmark smoke test (bench.sh --quick: the suite runs; no timing is asserted)"
 bash scripts/bench.sh --quick > target/bench-quick.log 2>&1 || { cat target/bench-quick.log; exit 1; }
 tail -n 3 target/bench-quick.log

@@ -1,7 +1,7 @@
 //! The WIT layer: converts between the `sigma:api-keys/service` world and
 //! [`crate::domain`], and moves HTTP bytes. No decisions are made here.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::domain::api::{
     self, BodyError, BodySource, Caller, Decision, Outcome, Reply, RequestHead, Settings,
@@ -10,7 +10,8 @@ use crate::domain::api::{
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::events::{Actor, Details, Event, EventKind, LoggedEvent, Via};
 use crate::domain::headers;
-use crate::domain::jwt::MIN_SECRET_LEN;
+use crate::domain::jwt::{self, MIN_SECRET_LEN};
+use crate::domain::key_set::{KeySet, KeySetSource};
 use crate::domain::keys::{
     self as lifecycle, KeyRecord, KeyStore, NewKey, Roll, StoreError, Verified,
 };
@@ -575,6 +576,33 @@ fn identify(caller: &Caller) {
 
 // ---- wasi:http ---------------------------------------------------------
 
+/// The identity provider's key set as the host holds it now (`jwt-jwks`,
+/// which the host replaces when the provider rotates its keys), parsed once
+/// per version of its text.
+fn current_key_set() -> Option<Arc<KeySet>> {
+    static PARSED: Mutex<Option<(String, Option<Arc<KeySet>>)>> = Mutex::new(None);
+    let text = wasi::config::store::get("jwt-jwks")
+        .ok()
+        .flatten()
+        .filter(|v| !v.is_empty())?;
+    let mut parsed = PARSED.lock().ok()?;
+    if let Some((seen, set)) = parsed.as_ref()
+        && *seen == text
+    {
+        return set.clone();
+    }
+    let set = match KeySet::parse(&text) {
+        Ok(set) => Some(Arc::new(set)),
+        Err(why) => {
+            // Fail closed: no key-set token passes until a usable set arrives.
+            eprintln!("sigma-keys component: the JWK Set is unusable: {why}");
+            None
+        }
+    };
+    *parsed = Some((text, set.clone()));
+    set
+}
+
 /// Configuration from `wasi:config/store`, read once per instance.
 fn settings() -> &'static Settings {
     static SETTINGS: OnceLock<Settings> = OnceLock::new();
@@ -607,8 +635,18 @@ fn settings() -> &'static Settings {
             .unwrap_or(api::DEFAULT_MAX_KEYS_PER_TENANT);
         let github_scanning_keys = get("github-scanning-keys");
         let endpoints = api::Endpoints::parse(get("endpoints").as_deref());
+        let jwt_key_set = if get("jwt-jwks").is_some() {
+            KeySetSource::new(current_key_set)
+        } else {
+            KeySetSource::NONE
+        };
         Settings {
             jwt_secret,
+            jwt_key_set,
+            jwt_issuer: get("jwt-issuer"),
+            jwt_audience: get("jwt-audience"),
+            tenant_claim: get("tenant-claim")
+                .unwrap_or_else(|| jwt::DEFAULT_TENANT_CLAIM.to_owned()),
             upstream,
             upstream_timeout_ms,
             jwt_max_lifetime_secs,

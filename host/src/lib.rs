@@ -32,6 +32,7 @@ pub mod admin;
 mod component_log;
 pub mod engine;
 mod hop_by_hop;
+pub mod jwks;
 pub mod metrics;
 pub mod runtime;
 pub mod secret;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use sigma_keys::jwks::{self, KeySetFeed};
 use sigma_keys::runtime::Runtime;
 use sigma_keys::secret::{self, Source};
 use sigma_keys::store::{self, Location};
@@ -36,7 +37,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the REST API (and forward authorized requests upstream)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a Bearer token (JWT) for a tenant, signed with the server's secret
     Token(TokenArgs),
     /// Manage keys directly in the database, without a server
@@ -139,6 +140,33 @@ struct ServeArgs {
     /// Serve at most this many connections at once; more wait in the accept backlog
     #[arg(long, env = "SIGMA_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_connections: u32,
+    /// Also accept RS256, ES256 and EdDSA Bearer tokens signed by a key of this JWK Set (an https:// URL, refreshed every 10 minutes and when a token names an unknown kid, or a file)
+    #[arg(long, env = "SIGMA_JWT_JWKS", value_name = "URL|PATH")]
+    jwt_jwks: Option<String>,
+    /// Tokens checked with --jwt-jwks must have this issuer (iss)
+    #[arg(
+        long,
+        env = "SIGMA_JWT_ISSUER",
+        value_name = "ISS",
+        requires = "jwt_jwks"
+    )]
+    jwt_issuer: Option<String>,
+    /// Tokens checked with --jwt-jwks must have this audience (aud)
+    #[arg(
+        long,
+        env = "SIGMA_JWT_AUDIENCE",
+        value_name = "AUD",
+        requires = "jwt_jwks"
+    )]
+    jwt_audience: Option<String>,
+    /// The claim that names the tenant in tokens checked with --jwt-jwks
+    #[arg(
+        long,
+        env = "SIGMA_TENANT_CLAIM",
+        default_value = "tenant",
+        value_name = "NAME"
+    )]
+    tenant_claim: String,
     /// Refuse Bearer tokens that expire further ahead than this
     #[arg(long, env = "SIGMA_JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     jwt_max_lifetime: Duration,
@@ -336,7 +364,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Token(args) => {
             let (secret, source) =
                 secret::resolve_for(&args.db.location()?, args.secret.jwt_secret_file.as_deref())?;
@@ -480,7 +508,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         jwt_max_lifetime: Some(args.jwt_max_lifetime),
         max_keys_per_tenant: Some(args.max_keys_per_tenant),
         github_scanning_keys,
+        jwt_issuer: args.jwt_issuer.clone(),
+        jwt_audience: args.jwt_audience.clone(),
+        tenant_claim: Some(args.tenant_claim.clone()),
         endpoints: args.auth_listen.map(|_| "public"),
+    };
+    let key_sets = match &args.jwt_jwks {
+        Some(source) => Some(KeySetFeed::open(jwks::Source::parse(source)?).await?),
+        None => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -499,6 +534,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let runtime = Arc::new(Runtime::new(db.clone(), &settings)?);
+    let refresher = key_sets.as_ref().map(|feed| {
+        feed.follow(&runtime);
+        if let Some((_, auth_runtime)) = &auth {
+            feed.follow(auth_runtime);
+        }
+        feed.refresh_periodically()
+    });
     let local = listener.local_addr()?;
     let db_arg = location.display();
     println!("sigma-keys listening on http://{local}");
@@ -543,6 +585,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             "  get a token: {exe} token --db <this database URL> --tenant <tenant> (with the same JWT secret)"
         ),
     }
+    if let Some(source) = &args.jwt_jwks {
+        println!("  identity provider keys: {source} (RS256, ES256, EdDSA tokens)");
+    }
     if let Some(path) = &args.github_scanning_keys {
         println!(
             "  secret scanning: POST /api/v1/secret-scanning/github, keys from {}",
@@ -580,6 +625,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => public.await,
     };
     if let Some(task) = admin_task {
+        task.abort();
+    }
+    if let Some(task) = refresher {
         task.abort();
     }
     // Pending lastUsedAt values are written before the process exits.

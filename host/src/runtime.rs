@@ -1,7 +1,8 @@
 //! Loads the sigma-keys component into wasmtime and wires its imports to the
 //! key store, the configuration and the request log.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,6 +23,7 @@ use crate::bindings::sigma::api_keys::store::{
 };
 use crate::bindings::{Typed, TypedIndices};
 use crate::hop_by_hop::ProxyHooks;
+use crate::jwks::KeySetFeed;
 use crate::store::{EventQuery, KeyStore, Roll};
 
 /// The component, built from `guest/` and embedded at compile time.
@@ -47,6 +49,12 @@ pub struct Settings {
     /// GitHub's secret scanning public keys, as GitHub publishes them (the
     /// file's text); without them `POST /api/v1/secret-scanning/github` is 404.
     pub github_scanning_keys: Option<String>,
+    /// Key-set tokens must carry this `iss`, when given.
+    pub jwt_issuer: Option<String>,
+    /// Key-set tokens must carry this `aud`, when given.
+    pub jwt_audience: Option<String>,
+    /// The claim that names the tenant in key-set tokens (component default: `tenant`).
+    pub tenant_claim: Option<String>,
     /// Which endpoints a listener serves, as the component names them:
     /// `all` (the default), `public` (all but `/_sigma/auth/`) or `auth`
     /// (only `/_sigma/auth/`).
@@ -128,6 +136,8 @@ pub struct Ctx {
     hooks: ProxyHooks,
     db: Arc<dyn KeyStore>,
     config: Arc<WasiConfigVariables>,
+    /// The version of the runtime's configuration that `config` is.
+    config_version: u64,
     caller: Arc<Mutex<Caller>>,
     limits: StoreLimits,
 }
@@ -262,7 +272,13 @@ pub struct Runtime {
     /// What the component names as hop-by-hop, asked once.
     hop_by_hop: OnceLock<Arc<[hyper::header::HeaderName]>>,
     db: Arc<dyn KeyStore>,
-    config: Arc<WasiConfigVariables>,
+    /// What the component reads through `wasi:config/store`, with a version
+    /// that changes when a value is replaced (the JWK Set, on rotation).
+    config: RwLock<(u64, Arc<WasiConfigVariables>)>,
+    /// The values behind `config`.
+    vars: Mutex<HashMap<String, String>>,
+    /// The identity provider's key set, when one is configured.
+    key_sets: OnceLock<Arc<KeySetFeed>>,
     /// Shared by every instance, so upstream connections outlive requests.
     hooks: ProxyHooks,
     /// Instances that finished a request and wait for the next.
@@ -312,27 +328,42 @@ impl Runtime {
         })?;
         Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
         let pre = linker.instantiate_pre(component)?;
-        let mut vars = WasiConfigVariables::new();
+        let mut vars: HashMap<String, String> = HashMap::new();
         if let Some(secret) = &settings.jwt_secret {
-            vars.insert("jwt-secret", secret.as_str());
+            vars.insert("jwt-secret".to_owned(), secret.clone());
         }
         if let Some(upstream) = &settings.upstream {
-            vars.insert("upstream", upstream.as_str());
+            vars.insert("upstream".to_owned(), upstream.clone());
         }
         if let Some(timeout) = settings.upstream_timeout {
-            vars.insert("upstream-timeout-ms", timeout.as_millis().to_string());
+            vars.insert(
+                "upstream-timeout-ms".to_owned(),
+                timeout.as_millis().to_string(),
+            );
         }
         if let Some(lifetime) = settings.jwt_max_lifetime {
-            vars.insert("jwt-max-lifetime-secs", lifetime.as_secs().to_string());
+            vars.insert(
+                "jwt-max-lifetime-secs".to_owned(),
+                lifetime.as_secs().to_string(),
+            );
         }
         if let Some(max) = settings.max_keys_per_tenant {
-            vars.insert("max-keys-per-tenant", max.to_string());
+            vars.insert("max-keys-per-tenant".to_owned(), max.to_string());
         }
         if let Some(keys) = &settings.github_scanning_keys {
-            vars.insert("github-scanning-keys", keys.clone());
+            vars.insert("github-scanning-keys".to_owned(), keys.clone());
         }
         if let Some(endpoints) = settings.endpoints {
-            vars.insert("endpoints", endpoints);
+            vars.insert("endpoints".to_owned(), endpoints.to_string());
+        }
+        for (name, value) in [
+            ("jwt-issuer", &settings.jwt_issuer),
+            ("jwt-audience", &settings.jwt_audience),
+            ("tenant-claim", &settings.tenant_claim),
+        ] {
+            if let Some(value) = value {
+                vars.insert(name.to_owned(), value.clone());
+            }
         }
         tick_epochs(&engine)?;
         Ok(Runtime {
@@ -342,15 +373,55 @@ impl Runtime {
             hop_by_hop: OnceLock::new(),
             engine,
             db,
-            config: Arc::new(vars),
+            config: RwLock::new((0, Arc::new(vars.clone().into_iter().collect()))),
+            vars: Mutex::new(vars),
+            key_sets: OnceLock::new(),
             hooks: ProxyHooks::default(),
             warm: Mutex::new(Vec::new()),
             http_slots: Arc::new(Semaphore::new((MAX_INSTANCES - TYPED_RESERVE) as usize)),
         })
     }
 
+    /// The configuration now, and its version.
+    fn config(&self) -> (u64, Arc<WasiConfigVariables>) {
+        match self.config.read() {
+            Ok(config) => (config.0, config.1.clone()),
+            Err(poisoned) => {
+                let config = poisoned.into_inner();
+                (config.0, config.1.clone())
+            }
+        }
+    }
+
+    /// Replaces one value the component reads through `wasi:config/store`;
+    /// instances see it from their next request or call.
+    pub fn set_config(&self, name: &str, value: String) {
+        let Ok(mut vars) = self.vars.lock() else {
+            return;
+        };
+        vars.insert(name.to_owned(), value);
+        let fresh: WasiConfigVariables = vars.clone().into_iter().collect();
+        if let Ok(mut config) = self.config.write() {
+            *config = (config.0 + 1, Arc::new(fresh));
+        }
+    }
+
+    /// Follows the identity provider's key set (see [`KeySetFeed::follow`]).
+    pub(crate) fn follow_key_set(&self, feed: Arc<KeySetFeed>) {
+        let _ = self.key_sets.set(feed);
+    }
+
+    /// Before a request: fetches the key set again if the request's token
+    /// names a key it lacks (see [`KeySetFeed::refresh_for`]).
+    pub(crate) async fn refresh_key_set_for(&self, headers: &hyper::HeaderMap) {
+        if let Some(feed) = self.key_sets.get() {
+            feed.refresh_for(headers).await;
+        }
+    }
+
     /// A fresh store for one request or call; `caller` receives the request log's attribution.
     pub(crate) fn new_store(&self, caller: Arc<Mutex<Caller>>) -> Store<Ctx> {
+        let (version, config) = self.config();
         let mut store = Store::new(
             &self.engine,
             Ctx {
@@ -361,7 +432,8 @@ impl Runtime {
                 http: WasiHttpCtx::new(),
                 hooks: self.hooks.clone(),
                 db: self.db.clone(),
-                config: self.config.clone(),
+                config,
+                config_version: version,
                 caller,
                 limits: StoreLimitsBuilder::new()
                     .memory_size(MAX_MEMORY_BYTES)
@@ -380,7 +452,14 @@ impl Runtime {
     pub(crate) async fn http_instance(&self, caller: Arc<Mutex<Caller>>) -> Result<HttpInstance> {
         let warm = self.warm.lock().ok().and_then(|mut idle| idle.pop());
         if let Some(mut instance) = warm {
-            instance.store.data_mut().caller = caller;
+            let ctx = instance.store.data_mut();
+            ctx.caller = caller;
+            if let Ok(config) = self.config.read()
+                && config.0 != ctx.config_version
+            {
+                ctx.config = config.1.clone();
+                ctx.config_version = config.0;
+            }
             arm_deadline(&mut instance.store);
             return Ok(instance);
         }

@@ -640,6 +640,7 @@ async fn respond(
     peer: SocketAddr,
     caller: Arc<Mutex<Caller>>,
 ) -> Result<(Response<HyperOutgoingBody>, Served)> {
+    runtime.refresh_key_set_for(req.headers()).await;
     let mut instance = runtime.http_instance(caller.clone()).await?;
     let head = request_head(&req, peer);
     let decision = {

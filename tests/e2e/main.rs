@@ -6,6 +6,9 @@
 mod adversarial;
 mod cli;
 mod durability;
+mod jwks;
+#[path = "../jwt_keys.rs"]
+mod jwt_keys;
 mod lifecycle;
 mod limits;
 mod management;

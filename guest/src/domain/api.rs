@@ -12,7 +12,8 @@ use super::headers::{
     API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, IDENTITY_HEADERS,
     end_to_end_headers, is_owned, is_plain_authority,
 };
-use super::jwt::{self, Principal};
+use super::jwt::{self, Principal, TokenRules};
+use super::key_set::KeySetSource;
 use super::keys::{self, KeyStore, NewKey, Verified};
 use super::permission::Permission;
 use super::routes::{self, API_BASE, METHODS};
@@ -37,6 +38,14 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub jwt_secret: Option<Vec<u8>>,
+    /// The identity provider's keys, for RS256, ES256 and EdDSA tokens.
+    pub jwt_key_set: KeySetSource,
+    /// Key-set tokens must carry this `iss`, when given.
+    pub jwt_issuer: Option<String>,
+    /// Key-set tokens must carry this `aud`, when given.
+    pub jwt_audience: Option<String>,
+    /// The claim that names the tenant in key-set tokens.
+    pub tenant_claim: String,
     pub upstream: Option<Upstream>,
     pub upstream_timeout_ms: u64,
     /// Bearer tokens whose `exp` is further ahead than this are refused.
@@ -82,6 +91,10 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             jwt_secret: None,
+            jwt_key_set: KeySetSource::NONE,
+            jwt_issuer: None,
+            jwt_audience: None,
+            tenant_claim: jwt::DEFAULT_TENANT_CLAIM.to_owned(),
             upstream: None,
             upstream_timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
             jwt_max_lifetime_secs: DEFAULT_JWT_MAX_LIFETIME_SECS,
@@ -489,13 +502,17 @@ fn credential<'h>(head: &'h RequestHead<'_>) -> Result<Credential<'h>, ApiError>
 }
 
 fn bearer(settings: &Settings, token: &str) -> Result<Principal, ApiError> {
-    let Some(secret) = settings.jwt_secret.as_deref() else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidToken,
-            "This server has no JWT secret configured, so it accepts no Bearer token.",
-        ));
-    };
-    jwt::verify(token, secret, settings.jwt_max_lifetime_secs)
+    jwt::verify(
+        token,
+        &TokenRules {
+            secret: settings.jwt_secret.as_deref(),
+            key_set: &settings.jwt_key_set,
+            issuer: settings.jwt_issuer.as_deref(),
+            audience: settings.jwt_audience.as_deref(),
+            tenant_claim: &settings.tenant_claim,
+            max_lifetime_secs: settings.jwt_max_lifetime_secs,
+        },
+    )
 }
 
 fn management(

@@ -1,15 +1,20 @@
-//! Bearer tokens for the management endpoints: HS256 only, `tenant` and `exp` required.
+//! Bearer tokens for the management endpoints: HS256 with the server's
+//! secret, or RS256, ES256 or EdDSA with a key of the identity provider's
+//! key set; a tenant claim and `exp` required.
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::Value;
 
 use super::error::{ApiError, ErrorCode};
+use super::key_set::{ALGORITHMS, KeySetSource};
 use super::keys::{TENANT_MAX_CHARS, is_valid_tenant};
 
 /// Leeway on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 60;
 /// The shortest secret the server accepts, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
+/// The claim that names the tenant, unless configured otherwise.
+pub const DEFAULT_TENANT_CLAIM: &str = "tenant";
 
 /// Who a valid token speaks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,20 +23,96 @@ pub struct Principal {
     pub subject: Option<String>,
 }
 
-/// Verifies an HS256 token with `secret`, whatever algorithm its header names;
-/// a token whose `exp` is more than `max_lifetime_secs` ahead is refused, so
-/// a leaked token cannot be good for centuries.
-pub fn verify(token: &str, secret: &[u8], max_lifetime_secs: u64) -> Result<Principal, ApiError> {
-    let mut validation = Validation::new(Algorithm::HS256);
+/// What a token must satisfy.
+pub struct TokenRules<'a> {
+    /// The HS256 secret (the server's own tokens); `None`: no HS256 token passes.
+    pub secret: Option<&'a [u8]>,
+    /// The identity provider's keys, asked only for a token that needs
+    /// them; none: no RS256, ES256 or EdDSA token passes.
+    pub key_set: &'a KeySetSource,
+    /// Key-set tokens must have this `iss`, when given.
+    pub issuer: Option<&'a str>,
+    /// Key-set tokens must have this `aud`, when given.
+    pub audience: Option<&'a str>,
+    /// The claim that names the tenant in key-set tokens (HS256 tokens,
+    /// which `sigma-keys token` makes, always use `tenant`).
+    pub tenant_claim: &'a str,
+    /// Tokens whose `exp` is further ahead are refused, so a leaked token
+    /// cannot be good for centuries.
+    pub max_lifetime_secs: u64,
+}
+
+impl<'a> TokenRules<'a> {
+    /// The server's own tokens only.
+    pub fn hs256(secret: &'a [u8], max_lifetime_secs: u64) -> TokenRules<'a> {
+        TokenRules {
+            secret: Some(secret),
+            key_set: &KeySetSource::NONE,
+            issuer: None,
+            audience: None,
+            tenant_claim: DEFAULT_TENANT_CLAIM,
+            max_lifetime_secs,
+        }
+    }
+}
+
+/// Verifies a token. Its header picks the key: HS256 is checked with the
+/// secret; RS256, ES256 and EdDSA with the key set's key that its `kid`
+/// names, and only with the algorithm that key verifies. Any other `alg`
+/// is refused.
+pub fn verify(token: &str, rules: &TokenRules<'_>) -> Result<Principal, ApiError> {
+    let header = decode_header(token).map_err(|_| invalid("it is not a well-formed JWT"))?;
+    let secret_key;
+    let key_set;
+    let (key, mut validation, tenant_claim) = match header.alg {
+        Algorithm::HS256 => {
+            let secret = rules
+                .secret
+                .ok_or_else(|| invalid("this server accepts no HS256 token"))?;
+            secret_key = DecodingKey::from_secret(secret);
+            (
+                &secret_key,
+                Validation::new(Algorithm::HS256),
+                DEFAULT_TENANT_CLAIM,
+            )
+        }
+        alg if ALGORITHMS.contains(&alg) => {
+            key_set = rules.key_set.current().ok_or_else(|| {
+                invalid(
+                    "this server has no identity provider key set, so it accepts only HS256 tokens",
+                )
+            })?;
+            let key = key_set
+                .key_for(header.kid.as_deref(), alg)
+                .map_err(invalid)?;
+            let mut validation = Validation::new(alg);
+            let mut required = vec!["exp"];
+            if let Some(issuer) = rules.issuer {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            if let Some(audience) = rules.audience {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            validation.set_required_spec_claims(&required);
+            (&key.key, validation, rules.tenant_claim)
+        }
+        _ => {
+            return Err(invalid(
+                "only HS256, RS256, ES256 and EdDSA tokens are accepted",
+            ));
+        }
+    };
     validation.leeway = LEEWAY_SECS;
     validation.validate_exp = true;
     validation.validate_nbf = true;
-    validation.validate_aud = false;
-    validation.set_required_spec_claims(&["exp"]);
-    let data = decode::<Value>(token, &DecodingKey::from_secret(secret), &validation)
-        .map_err(|e| invalid(describe(e.kind())))?;
+    // Audiences are checked only where configured (never on HS256 tokens).
+    validation.validate_aud = header.alg != Algorithm::HS256 && rules.audience.is_some();
+    let data = decode::<Value>(token, key, &validation).map_err(|e| invalid(describe(e.kind())))?;
     let claims = data.claims;
     let now = super::time::now_millis() / 1000;
+    let max_lifetime_secs = rules.max_lifetime_secs;
     let exp = claims
         .get("exp")
         .and_then(Value::as_f64)
@@ -45,14 +126,14 @@ pub fn verify(token: &str, secret: &[u8], max_lifetime_secs: u64) -> Result<Prin
             "it expires more than {max_lifetime_secs} seconds from now; ask for a shorter-lived token"
         )));
     }
-    let tenant = match claims.get("tenant") {
+    let tenant = match claims.get(tenant_claim) {
         Some(Value::String(t)) if is_valid_tenant(t) => t.clone(),
         Some(_) => {
             return Err(invalid(&format!(
-                "the tenant claim must be 1 to {TENANT_MAX_CHARS} characters of A-Z a-z 0-9 . _ : -"
+                "the {tenant_claim} claim must be 1 to {TENANT_MAX_CHARS} characters of A-Z a-z 0-9 . _ : -"
             )));
         }
-        None => return Err(invalid("the token has no tenant claim")),
+        None => return Err(invalid(&format!("the token has no {tenant_claim} claim"))),
     };
     let subject = match claims.get("sub") {
         None | Some(Value::Null) => None,
@@ -75,10 +156,14 @@ fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
         K::ExpiredSignature => "it has expired",
         K::ImmatureSignature => "it is not valid yet (nbf)",
         K::InvalidSignature => "its signature does not match",
-        K::InvalidAlgorithm | K::InvalidAlgorithmName => "only HS256 tokens are accepted",
-        K::MissingRequiredClaim(_) => "the token has no exp claim",
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => "its algorithm is not accepted",
+        K::MissingRequiredClaim(_) => {
+            "a required claim (exp, or the configured iss or aud) is missing"
+        }
         K::InvalidClaimFormat(_) => "a claim has the wrong type",
-        _ => "it is not a well-formed HS256 JWT",
+        K::InvalidIssuer => "its issuer (iss) is not the configured one",
+        K::InvalidAudience => "its audience (aud) is not the configured one",
+        _ => "it is not a well-formed JWT",
     }
 }
 
@@ -98,6 +183,11 @@ mod tests {
 
     fn sign(alg: Algorithm, claims: &Value) -> String {
         encode(&Header::new(alg), claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    /// HS256 tokens only, as before there were key sets.
+    fn verify(token: &str, secret: &[u8], max_lifetime_secs: u64) -> Result<Principal, ApiError> {
+        super::verify(token, &TokenRules::hs256(secret, max_lifetime_secs))
     }
 
     fn code_of(token: &str) -> Result<Principal, ErrorCode> {

@@ -7,6 +7,7 @@ pub mod forward_auth;
 pub mod framing;
 pub mod headers;
 pub mod jwt;
+pub mod key_set;
 pub mod keys;
 pub mod memory;
 pub mod permission;
