@@ -735,11 +735,18 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     let sigma = serve(&o.server, &db, &["--upstream", &up], None)?;
     let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
     let key = format!("X-Sigma-ApiKey: {raw}");
+    // The same database and key, with metrics recorded (`--admin-listen`).
+    let metered = serve(
+        &o.server,
+        &db,
+        &["--upstream", &up, "--admin-listen", "127.0.0.1:0"],
+        None,
+    )?;
 
     // (name, URL, headers, whether only 2xx counts, note). The last one is the
     // same server, key and authentication on a path that is no resource (a
     // 404 from the component): everything but the forwarding leg.
-    let cases: [LoadCase<'_>; 5] = [
+    let cases: [LoadCase<'_>; 6] = [
         (
             "proxy_auth.upstream_direct",
             format!("http://{upstream}/api/v1/records"),
@@ -769,6 +776,13 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
             "sigma-keys serve --upstream, valid key",
         ),
         (
+            "proxy_auth.sigma_keys_metrics",
+            format!("http://{}/api/v1/records", metered.addr),
+            &[key.as_str()][..],
+            true,
+            "the same with --admin-listen: every request recorded in the metrics",
+        ),
+        (
             "proxy_auth.sigma_keys_no_forward",
             format!("http://{}/api/v1/widgets", sigma.addr),
             &[key.as_str()][..],
@@ -778,15 +792,26 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     ];
     let rounds = interleaved(report, &cases, runs, secs)?;
     let index = |name: &str| cases.iter().position(|c| c.0 == name);
-    let (Some(sigma_i), Some(plain_i), Some(nginx_i), Some(bare_i), Some(direct_i)) = (
+    let (
+        Some(sigma_i),
+        Some(plain_i),
+        Some(nginx_i),
+        Some(bare_i),
+        Some(direct_i),
+        Some(metered_i),
+    ) = (
         index("proxy_auth.sigma_keys"),
         index("proxy_auth.plain_proxy"),
         index("proxy_auth.nginx"),
         index("proxy_auth.sigma_keys_no_forward"),
         index("proxy_auth.upstream_direct"),
-    ) else {
+        index("proxy_auth.sigma_keys_metrics"),
+    )
+    else {
         bail!("a proxy_auth case is missing");
     };
+    // What recording metrics costs, within each round.
+    ratio_within_rounds(report, &cases, &rounds, (metered_i, sigma_i), runs, None);
     // Each ratio is taken within a round (both sides measured minutes
     // apart at most), then the median of the rounds.
     for (baseline, target) in [

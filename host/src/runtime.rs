@@ -2,6 +2,7 @@
 //! key store, the configuration and the request log.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -275,6 +276,8 @@ pub struct Runtime {
     /// What the component reads through `wasi:config/store`, with a version
     /// that changes when a value is replaced (the JWK Set, on rotation).
     config: RwLock<(u64, Arc<WasiConfigVariables>)>,
+    /// `config`'s version, read without the lock on every checkout.
+    config_version: AtomicU64,
     /// The values behind `config`.
     vars: Mutex<HashMap<String, String>>,
     /// The identity provider's key set, when one is configured.
@@ -374,6 +377,7 @@ impl Runtime {
             engine,
             db,
             config: RwLock::new((0, Arc::new(vars.clone().into_iter().collect()))),
+            config_version: AtomicU64::new(0),
             vars: Mutex::new(vars),
             key_sets: OnceLock::new(),
             hooks: ProxyHooks::default(),
@@ -403,6 +407,7 @@ impl Runtime {
         let fresh: WasiConfigVariables = vars.clone().into_iter().collect();
         if let Ok(mut config) = self.config.write() {
             *config = (config.0 + 1, Arc::new(fresh));
+            self.config_version.store(config.0, Ordering::Release);
         }
     }
 
@@ -454,11 +459,8 @@ impl Runtime {
         if let Some(mut instance) = warm {
             let ctx = instance.store.data_mut();
             ctx.caller = caller;
-            if let Ok(config) = self.config.read()
-                && config.0 != ctx.config_version
-            {
-                ctx.config = config.1.clone();
-                ctx.config_version = config.0;
+            if self.config_version.load(Ordering::Acquire) != ctx.config_version {
+                (ctx.config_version, ctx.config) = self.config();
             }
             arm_deadline(&mut instance.store);
             return Ok(instance);
