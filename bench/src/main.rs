@@ -729,12 +729,13 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         child(Command::new(std::env::current_exe()?).args(["plain-proxy", &upstream.to_string()]))?;
     let plain = plain_proxy.addr;
     let nginx = servers::Nginx::start(upstream)?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("k.db");
-    let up = format!("http://{upstream}");
-    let sigma = serve(&o.server, &db, &["--upstream", &up], None)?;
-    let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
-    let key = format!("X-Sigma-ApiKey: {raw}");
+    let Gateway {
+        dir: _dir,
+        db,
+        up,
+        sigma,
+        key,
+    } = Gateway::start(o, upstream)?;
     // The same database and key, with metrics recorded (`--admin-listen`).
     let metered = serve(
         &o.server,
@@ -905,6 +906,34 @@ fn ratio_within_rounds(
     );
 }
 
+/// sigma-keys forwarding to `upstream`, on a fresh database with one key.
+struct Gateway {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    /// The `--upstream` URL.
+    up: String,
+    sigma: Serve,
+    /// The key's header line, for wrk.
+    key: String,
+}
+
+impl Gateway {
+    fn start(o: &Options, upstream: SocketAddr) -> Result<Gateway> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("k.db");
+        let up = format!("http://{upstream}");
+        let sigma = serve(&o.server, &db, &["--upstream", &up], None)?;
+        let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
+        Ok(Gateway {
+            dir,
+            db,
+            up,
+            sigma,
+            key: format!("X-Sigma-ApiKey: {raw}"),
+        })
+    }
+}
+
 // ---- 2b. nginx asking sigma-keys (auth_request) -------------------------
 
 /// nginx with `auth_request` to sigma-keys (the documented config) against
@@ -913,12 +942,12 @@ fn forward_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     let secs = if o.quick { 2 } else { 5 };
     let upstream_server = child(Command::new(std::env::current_exe()?).arg("upstream"))?;
     let upstream = upstream_server.addr;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("k.db");
-    let up = format!("http://{upstream}");
-    let sigma = serve(&o.server, &db, &["--upstream", &up], None)?;
-    let raw = create_key(sigma.addr, &token(&o.server, &db)?)?;
-    let key = format!("X-Sigma-ApiKey: {raw}");
+    let Gateway {
+        dir: _dir,
+        sigma,
+        key,
+        ..
+    } = Gateway::start(o, upstream)?;
     let nginx = servers::Nginx::start(upstream)?;
     let asking = servers::Nginx::with_auth_request(upstream, sigma.addr)?;
     let cases: [LoadCase<'_>; 3] = [

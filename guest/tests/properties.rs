@@ -197,6 +197,23 @@ fn header() -> impl Strategy<Value = (String, Vec<u8>)> {
     )
 }
 
+/// A store with one key of acme's, and the header that carries it.
+fn store_with_key(permissions: &[Permission]) -> (MemoryStore, Vec<(String, Vec<u8>)>) {
+    let store = MemoryStore::default();
+    let new = keys::NewKey {
+        name: "prop",
+        permissions,
+        expires_at: None,
+    };
+    let actor = sigma_keys_guest::domain::events::Actor::cli();
+    let (_, raw) = keys::create(&store, "acme", &new, &actor, 10).unwrap();
+    let header = (
+        "x-sigma-apikey".to_string(),
+        raw.expose().as_bytes().to_vec(),
+    );
+    (store, vec![header])
+}
+
 fn settings() -> Settings {
     Settings {
         jwt_secret: Some(b"0123456789abcdef0123456789abcdef".to_vec()),
@@ -244,15 +261,7 @@ proptest! {
         ])),
         key_permissions in prop::sample::subsequence(Permission::ALL.to_vec(), 1..=5),
     ) {
-        let store = MemoryStore::default();
-        let new = keys::NewKey {
-            name: "prop",
-            permissions: &key_permissions,
-            expires_at: None,
-        };
-        let actor = sigma_keys_guest::domain::events::Actor::cli();
-        let (_, raw) = keys::create(&store, "acme", &new, &actor, 10).unwrap();
-        let mut headers = vec![("x-sigma-apikey".to_string(), raw.expose().as_bytes().to_vec())];
+        let (store, mut headers) = store_with_key(&key_permissions);
         headers.extend(extra);
         if let Some((name, value)) = framing {
             headers.push((name.to_string(), value.as_bytes().to_vec()));
@@ -327,15 +336,7 @@ proptest! {
         extra in prop::collection::vec(header(), 0..4),
         key_permissions in prop::sample::subsequence(Permission::ALL.to_vec(), 1..=5),
     ) {
-        let store = MemoryStore::default();
-        let new = keys::NewKey {
-            name: "prop",
-            permissions: &key_permissions,
-            expires_at: None,
-        };
-        let actor = sigma_keys_guest::domain::events::Actor::cli();
-        let (_, raw) = keys::create(&store, "acme", &new, &actor, 10).unwrap();
-        let mut headers = vec![("x-sigma-apikey".to_string(), raw.expose().as_bytes().to_vec())];
+        let (store, mut headers) = store_with_key(&key_permissions);
         // The original's framing is the proxy's to check: it never reaches us.
         headers.extend(extra.into_iter().filter(|(n, _)| {
             !n.starts_with("x-forwarded-") && n != "content-length" && n != "transfer-encoding"
