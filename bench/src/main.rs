@@ -489,6 +489,11 @@ struct Load {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Requests wrk completed.
+    requests: f64,
+    /// The server process's CPU time (user + system) per request, in µs,
+    /// when it was measured.
+    cpu_us: Option<f64>,
 }
 
 fn wrk(
@@ -535,11 +540,47 @@ fn wrk(
     if expect_2xx && text.contains("Non-2xx or 3xx responses") {
         bail!("wrk saw error responses from {url}:\n{text}");
     }
+    // "  175432 requests in 5.00s, 12.30MB read"
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no request count in wrk output:\n{text}"))?;
     Ok(Load {
         rps,
         p50_ms: latency("50%")?,
         p99_ms: latency("99%")?,
+        requests,
+        cpu_us: None,
     })
+}
+
+/// The CPU time (user + system) a process has used so far, in µs, from
+/// `/proc/PID/stat` (in clock ticks, `getconf CLK_TCK` per second).
+fn cpu_us(pid: u32) -> Result<f64> {
+    static TICK_US: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let tick_us = *TICK_US.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .map_or(10_000.0, |hz| 1e6 / hz)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
+    };
+    Ok((ticks(11)? + ticks(12)?) * tick_us)
 }
 
 fn parse_duration_ms(s: &str) -> Result<f64> {
@@ -586,6 +627,8 @@ fn load_expecting(
         rps: median(all.iter().map(|l| l.rps).collect()),
         p50_ms: median(all.iter().map(|l| l.p50_ms).collect()),
         p99_ms: median(all.iter().map(|l| l.p99_ms).collect()),
+        requests: all.iter().map(|l| l.requests).sum(),
+        cpu_us: None,
     })
 }
 
@@ -791,8 +834,17 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
             "same key on an unknown path: authentication, route, 404; no forwarding",
         ),
     ];
-    let rounds = interleaved(report, &cases, runs, secs)?;
     let index = |name: &str| cases.iter().position(|c| c.0 == name);
+    // The processes whose CPU per request is measured, by case.
+    let pids: Vec<Option<u32>> = cases
+        .iter()
+        .map(|(name, ..)| match *name {
+            "proxy_auth.plain_proxy" => Some(plain_proxy.child.id()),
+            "proxy_auth.sigma_keys" | "proxy_auth.sigma_keys_no_forward" => Some(sigma.child.id()),
+            _ => None,
+        })
+        .collect();
+    let rounds = interleaved(report, &cases, &pids, runs, secs)?;
     let (
         Some(sigma_i),
         Some(plain_i),
@@ -813,6 +865,27 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     };
     // What recording metrics costs, within each round.
     ratio_within_rounds(report, &cases, &rounds, (metered_i, sigma_i), runs, None);
+    // What forwarding adds to checking, against what the plain proxy spends
+    // on forwarding alone, in CPU per request, within each round.
+    let extra: Vec<f64> = (0..runs)
+        .filter_map(|r| {
+            let cpu = |i: usize| rounds[i].get(r).and_then(|l| l.cpu_us);
+            Some(cpu(sigma_i)? - cpu(bare_i)? - cpu(plain_i)?)
+        })
+        .collect();
+    if !extra.is_empty() {
+        let value = median(extra.clone());
+        report.add(
+            "proxy_auth.forwarding_cpu_over_plain_proxy",
+            value,
+            "µs",
+            &format!(
+                "(sigma_keys - sigma_keys_no_forward) - plain_proxy, CPU per request; target <= 3: {}; {}",
+                if value <= 3.0 { "met" } else { "NOT met" },
+                spread(&extra, runs)
+            ),
+        );
+    }
     // Each ratio is taken within a round (both sides measured minutes
     // apart at most), then the median of the rounds.
     for (baseline, target) in [
@@ -842,9 +915,13 @@ type LoadCase<'a> = (&'a str, String, &'a [&'a str], bool, &'a str);
 /// case once, so a slow moment of this shared machine lands on all of them
 /// rather than on one. Reports each case's medians and spread; returns every
 /// round's loads, by case.
+///
+/// `pids` names, by case, a server process whose CPU time per request is
+/// measured too (`None`, or a shorter list: not measured).
 fn interleaved(
     report: &mut Report,
     cases: &[LoadCase<'_>],
+    pids: &[Option<u32>],
     runs: usize,
     secs: u64,
 ) -> Result<Vec<Vec<Load>>> {
@@ -854,7 +931,13 @@ fn interleaved(
     let mut rounds: Vec<Vec<Load>> = vec![Vec::new(); cases.len()];
     for _ in 0..runs {
         for (i, (_, url, headers, expect_2xx, _)) in cases.iter().enumerate() {
-            rounds[i].push(wrk(url, 64, secs, headers, None, *expect_2xx)?);
+            let pid = pids.get(i).copied().flatten();
+            let before = pid.map(cpu_us).transpose()?;
+            let mut load = wrk(url, 64, secs, headers, None, *expect_2xx)?;
+            if let (Some(pid), Some(before)) = (pid, before) {
+                load.cpu_us = Some((cpu_us(pid)? - before) / load.requests.max(1.0));
+            }
+            rounds[i].push(load);
         }
     }
     for ((name, _, _, _, note), loads) in cases.iter().zip(&rounds) {
@@ -867,9 +950,19 @@ fn interleaved(
                 rps: median(rps),
                 p50_ms: median(loads.iter().map(|l| l.p50_ms).collect()),
                 p99_ms: median(loads.iter().map(|l| l.p99_ms).collect()),
+                requests: loads.iter().map(|l| l.requests).sum(),
+                cpu_us: None,
             },
             &note,
         );
+        let cpu: Vec<f64> = loads.iter().filter_map(|l| l.cpu_us).collect();
+        if !cpu.is_empty() {
+            let note = format!(
+                "server CPU (user + system) per request; {}",
+                spread(&cpu, runs)
+            );
+            report.add(&format!("{name}.cpu_per_request"), median(cpu), "µs", &note);
+        }
     }
     Ok(rounds)
 }
@@ -973,7 +1066,7 @@ fn forward_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
             "sigma-keys' own gateway, same key and upstream",
         ),
     ];
-    let rounds = interleaved(report, &cases, runs, secs)?;
+    let rounds = interleaved(report, &cases, &[], runs, secs)?;
     ratio_within_rounds(report, &cases, &rounds, (1, 0), runs, None);
     ratio_within_rounds(report, &cases, &rounds, (2, 0), runs, None);
     drop((nginx, asking));
