@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== clippy (native, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz crate is outside the workspace; lint it here so a changed domain
+# signature fails now rather than at the fuzz step.
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 echo "== clippy (guest, wasm32-wasip2)"
 cargo clippy -p sigma-keys-guest -p sigma-keys-panicking-guest -p sigma-keys-keyvalue-adapter -p sigma-keys-bench-hello -p sigma-keys-bench-inwasm --target wasm32-wasip2 --target-dir target/guest --locked -- -D warnings
 echo "== tools (wasmtime CLI, wac, cargo-fuzz; installed once per user, linked from tools/)"
