@@ -356,7 +356,9 @@ async fn connection(
             })
         };
         async move {
-            let response = handle(&runtime, req, peer, local).await;
+            // Boxed: the handling future is many KB, and hyper moves the
+            // future it is given into place; a box moves as a pointer.
+            let response = Box::pin(handle(&runtime, req, peer, local)).await;
             Ok::<_, Infallible>(response.map(|body| {
                 InFlight {
                     inner: body,
