@@ -33,7 +33,15 @@ const GUESTS: [(&str, &str, &str); 3] = [
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest_dir.parent().map(PathBuf::from).unwrap_or_default();
-    for path in ["guest", "adapters", "tests/programs", "wit", "Cargo.lock"] {
+    // docs/openapi.yaml: the component serves it (see guest/build.rs).
+    for path in [
+        "guest",
+        "adapters",
+        "tests/programs",
+        "wit",
+        "Cargo.lock",
+        "docs/openapi.yaml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 

@@ -24,6 +24,8 @@ echo "== PostgreSQL server programs (the tests start throwaway clusters)"
 bash scripts/postgres.sh
 echo "== nginx and Caddy (the tests start them in front of sigma-keys)"
 bash scripts/proxies.sh
+echo "== schemathesis (PyPI; checks the server against docs/openapi.yaml)"
+bash scripts/schemathesis.sh >/dev/null
 if ! command -v openssl >/dev/null 2>&1; then
   echo "== openssl (the tests make identity-provider key pairs with it)"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssl; else sudo apt-get install -y -qq openssl; fi

@@ -343,7 +343,10 @@ fn the_events_tell_the_whole_story_newest_first_in_pages() {
 }
 
 /// GitHub's key list for one fresh key pair, written to a file.
-fn github_keys(dir: &std::path::Path, identifier: &str) -> (SigningKey, std::path::PathBuf) {
+pub(crate) fn github_keys(
+    dir: &std::path::Path,
+    identifier: &str,
+) -> (SigningKey, std::path::PathBuf) {
     let signing = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
     let pem = signing
         .verifying_key()

@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod management;
 mod multi_node;
+mod openapi;
 mod operations;
 #[path = "../pg_cluster.rs"]
 mod pg_cluster;

@@ -272,14 +272,31 @@ enum Management<'a> {
     Roll(&'a str),
     Key(&'a str),
     SecretScanning,
+    OpenApi,
 }
 
 /// Where GitHub posts secret scanning alerts.
 pub const SECRET_SCANNING_PATH: &str = "/api/v1/secret-scanning/github";
+/// Where this API's OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// `docs/openapi.yaml` as JSON (made by `build.rs`).
+const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
+
+/// The OpenAPI document, parsed once per instance.
+fn openapi_document() -> Value {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT
+        .get_or_init(|| serde_json::from_str(OPENAPI_JSON).unwrap_or(Value::Null))
+        .clone()
+}
 
 fn management_route(path: &str) -> Option<Management<'_>> {
     if path == SECRET_SCANNING_PATH {
         return Some(Management::SecretScanning);
+    }
+    if path == OPENAPI_PATH {
+        return Some(Management::OpenApi);
     }
     let rest = path.strip_prefix(API_BASE)?.strip_prefix("/api-keys")?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -531,6 +548,13 @@ fn management(
         let request = read_json(head, body)?;
         return verify_endpoint(store, &request, caller);
     }
+    if let Management::OpenApi = endpoint {
+        // Public, as any published API description.
+        if head.method != "GET" {
+            return Ok(method_not_allowed("GET"));
+        }
+        return Ok(reply(200, openapi_document()));
+    }
     if let Management::SecretScanning = endpoint {
         // GitHub's signature is the credential.
         return secret_scanning_endpoint(store, settings, head, body);
@@ -623,7 +647,9 @@ fn management(
             Ok(reply(200, json!({"deleted": true})))
         }
         (Management::Key(_), _) => Ok(method_not_allowed("GET, DELETE")),
-        (Management::Verify | Management::SecretScanning, _) => Ok(method_not_allowed("POST")),
+        (Management::Verify | Management::SecretScanning | Management::OpenApi, _) => {
+            Ok(method_not_allowed("POST"))
+        }
     }
 }
 

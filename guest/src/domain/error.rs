@@ -80,6 +80,11 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         self.row().1
     }
+
+    /// Every code's JSON name.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        TABLE.iter().map(|(_, name, _)| *name)
+    }
 }
 
 /// An error with a message for people; the message never contains a secret.

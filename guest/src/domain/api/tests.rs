@@ -78,7 +78,9 @@ impl Call<'_> {
         );
         match (&decision, &outcome) {
             (Decision::Handle, _) => assert!(
-                path.starts_with("/api/v1/api-keys") || path.starts_with(SECRET_SCANNING_PATH),
+                path.starts_with("/api/v1/api-keys")
+                    || path.starts_with(SECRET_SCANNING_PATH)
+                    || path == OPENAPI_PATH,
                 "{method} {path} needs no body, yet was left to the handler"
             ),
             (Decision::Reply(d), Outcome::Reply(h)) => {
@@ -1061,3 +1063,42 @@ fn github_alerts_need_a_valid_signature_and_deactivate_our_keys() {
 }
 
 mod forward_auth;
+
+/// The served document is `docs/openapi.yaml`, and it names exactly the
+/// error codes and permissions there are (plus the host's `overloaded`).
+#[test]
+fn the_openapi_document_is_served_and_names_every_code_and_permission() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let served = call.reply("GET", OPENAPI_PATH, &[], "");
+    assert_eq!(served.status, 200);
+    let yaml = include_str!("../../../../docs/openapi.yaml");
+    let file: Value = serde_yaml_ng::from_str(yaml).unwrap();
+    assert_eq!(served.body, file);
+    let schemas = &served.body["components"]["schemas"];
+    let mut documented: Vec<&str> = schemas["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    documented.sort_unstable();
+    let mut codes: Vec<&str> = ErrorCode::names().chain(["overloaded"]).collect();
+    codes.sort_unstable();
+    assert_eq!(documented, codes);
+    let permissions: Vec<&str> = schemas["Permission"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(permissions, Permission::ALL.map(Permission::name));
+    let refused = call.reply("POST", OPENAPI_PATH, &[], "");
+    assert_eq!(
+        (refused.status, code(&refused)),
+        (405, "method_not_allowed")
+    );
+}
