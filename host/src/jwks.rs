@@ -37,7 +37,18 @@ pub enum Source {
 impl Source {
     /// An `http://` or `https://` URL, or else a file path.
     pub fn parse(value: &str) -> Result<Source> {
-        if value.starts_with("http://") || value.starts_with("https://") {
+        if let Some(rest) = value
+            .strip_prefix("http://")
+            .or_else(|| value.strip_prefix("https://"))
+        {
+            // Never echoed: the value would be a password in logs and errors.
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if authority.contains('@') {
+                bail!(
+                    "--jwt-jwks: a URL with credentials (user:password@host) is refused; \
+                     JWK Sets are public, fetched without credentials"
+                );
+            }
             let uri: hyper::Uri = value
                 .parse()
                 .with_context(|| format!("--jwt-jwks {value:?} is not a URL"))?;
@@ -267,6 +278,27 @@ impl KeySetFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A password in the URL would be printed in the banner, the logs and
+    /// errors: refused, and not repeated in the refusal.
+    #[test]
+    fn a_key_set_url_with_credentials_is_refused_without_echoing_them() {
+        for value in [
+            "https://user:s3cret@idp.example/jwks.json",
+            "http://s3cret@127.0.0.1:9/.well-known/jwks.json",
+            "https://user:s3cret@idp.example",
+        ] {
+            let Err(e) = Source::parse(value) else {
+                panic!("{value} was accepted");
+            };
+            let message = format!("{e:#}");
+            assert!(message.contains("credentials"), "{message}");
+            assert!(!message.contains("s3cret"), "{message}");
+        }
+        // An @ after the host (in the path or query) is no credential.
+        assert!(Source::parse("https://idp.example/keys/@team/jwks.json").is_ok());
+        assert!(Source::parse("https://idp.example/jwks?owner=a@b").is_ok());
+    }
 
     #[test]
     fn key_ids_come_from_a_jwk_set_only() {
