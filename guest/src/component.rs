@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::domain::api::{
-    self, BodyError, BodySource, Caller, Decision, Outcome, Reply, RequestHead, Settings,
-    UpstreamFailure,
+    self, BodyError, BodySource, Caller, Decision, Outcome, Reply, RequestHead, RouteClass,
+    Settings, UpstreamFailure,
 };
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::events::{Actor, Details, Event, EventKind, LoggedEvent, Via};
@@ -511,7 +511,7 @@ impl auth::Guest for Component {
 }
 
 impl gateway::Guest for Component {
-    fn decide(head: gateway::RequestHead) -> gateway::Decision {
+    fn decide(head: gateway::RequestHead) -> gateway::Decided {
         let request = RequestHead {
             method: &head.method,
             path_with_query: &head.path_with_query,
@@ -524,7 +524,15 @@ impl gateway::Guest for Component {
         if !matches!(decision, Decision::Handle) {
             identify(&caller);
         }
-        match decision {
+        let route = match api::route_class(request.path()) {
+            RouteClass::Resource => gateway::RouteClass::Resource,
+            RouteClass::Authorization => gateway::RouteClass::Authorization,
+            RouteClass::Management => gateway::RouteClass::Management,
+            RouteClass::Verify => gateway::RouteClass::Verify,
+            RouteClass::SecretScanning => gateway::RouteClass::SecretScanning,
+            RouteClass::ApiDescription => gateway::RouteClass::ApiDescription,
+        };
+        let decision = match decision {
             Decision::Reply(reply) => gateway::Decision::Reply(reply_to_wit(&reply)),
             Decision::Forward(plan) => gateway::Decision::Forward(gateway::Forward {
                 scheme: match plan.upstream.scheme {
@@ -539,7 +547,8 @@ impl gateway::Guest for Component {
             Decision::Handle => {
                 gateway::Decision::Handle(u32::try_from(api::MAX_BODY_BYTES).unwrap_or(u32::MAX))
             }
-        }
+        };
+        gateway::Decided { route, decision }
     }
 
     fn upstream_failed(failure: gateway::UpstreamFailure) -> gateway::Reply {

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Requests, by `decision` (`forward`, `reply`, `handle`, `none`) and
+/// Requests, by `route` (the component's route class: `resource`,
+/// `authorization`, `management`, `verify`, `secret_scanning`,
+/// `api_description`; `none` when the host answered alone), `decision`
+/// (`forward`, `reply`, `handle`, `none`) and
 /// `outcome` (`forwarded`, `replied`, an error code, or `status_4xx` /
 /// `status_5xx` for a management answer).
 pub const REQUESTS: &str = "sigma_keys_requests_total";
@@ -47,7 +50,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         REQUESTS,
         Kind::Counter,
-        "Requests, by decision and outcome (forwarded, replied, or the error code).",
+        "Requests, by route class, decision and outcome (forwarded, replied, or the error code).",
     ),
     (
         REQUEST_SECONDS,

@@ -42,7 +42,8 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpView};
 
 use crate::bindings::exports::sigma::api_keys::gateway::{
-    Decision, Forward, Reply, RequestHead, Scheme as UpstreamScheme, UpstreamFailure,
+    Decided, Decision, Forward, Reply, RequestHead, RouteClass, Scheme as UpstreamScheme,
+    UpstreamFailure,
 };
 use crate::hop_by_hop::strip_connection_nominated;
 use crate::runtime::{Caller, HttpInstance, Overloaded, Runtime};
@@ -578,6 +579,9 @@ async fn handle(
 
 /// What became of a request, for the metrics.
 struct Served {
+    /// The component's route class, or `none` when the host answered
+    /// before asking the component.
+    route: &'static str,
     /// `forward`, `reply`, `handle`, or `none` when the host answered.
     decision: &'static str,
     /// `forwarded`, `replied`, an error code, or a management answer's status class.
@@ -587,6 +591,7 @@ struct Served {
 impl Served {
     fn host(code: &'static str) -> Served {
         Served {
+            route: "none",
             decision: "none",
             outcome: code.into(),
         }
@@ -607,7 +612,11 @@ impl Served {
                 .unwrap_or_else(|| "other".to_owned())
                 .into()
         };
-        Served { decision, outcome }
+        Served {
+            route: "none",
+            decision,
+            outcome,
+        }
     }
 
     /// A management answer, streamed by the handler: its status class.
@@ -618,6 +627,7 @@ impl Served {
             _ => "status_5xx",
         };
         Served {
+            route: "none",
             decision: "handle",
             outcome: outcome.into(),
         }
@@ -627,11 +637,20 @@ impl Served {
         if !crate::metrics::enabled() {
             return;
         }
-        let Served { decision, outcome } = self;
+        let Served {
+            route,
+            decision,
+            outcome,
+        } = self;
         metrics::histogram!(crate::metrics::REQUEST_SECONDS, "decision" => decision)
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!(crate::metrics::REQUESTS, "decision" => decision, "outcome" => outcome)
-            .increment(1);
+        metrics::counter!(
+            crate::metrics::REQUESTS,
+            "route" => route,
+            "decision" => decision,
+            "outcome" => outcome
+        )
+        .increment(1);
     }
 }
 
@@ -645,14 +664,14 @@ async fn respond(
     runtime.refresh_key_set_for(req.headers()).await;
     let mut instance = runtime.http_instance(caller.clone()).await?;
     let head = request_head(&req, peer);
-    let decision = {
+    let Decided { route, decision } = {
         let HttpInstance { store, typed, .. } = &mut instance;
         typed
             .sigma_api_keys_gateway()
             .call_decide(store, &head)
             .await?
     };
-    match decision {
+    let (response, mut served) = match decision {
         Decision::Reply(reply) => {
             runtime.give_back(instance);
             let served = Served::reply("reply", &reply);
@@ -688,6 +707,20 @@ async fn respond(
             let served = Served::handled(response.status());
             Ok((response, served))
         }
+    }?;
+    served.route = route_label(route);
+    Ok((response, served))
+}
+
+/// The metrics label of a route class.
+fn route_label(route: RouteClass) -> &'static str {
+    match route {
+        RouteClass::Resource => "resource",
+        RouteClass::Authorization => "authorization",
+        RouteClass::Management => "management",
+        RouteClass::Verify => "verify",
+        RouteClass::SecretScanning => "secret_scanning",
+        RouteClass::ApiDescription => "api_description",
     }
 }
 
@@ -855,6 +888,7 @@ async fn forward(
                 headers.remove(name);
             }
             let served = Served {
+                route: "none",
                 decision: "forward",
                 outcome: "forwarded".into(),
             };

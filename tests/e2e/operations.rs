@@ -208,6 +208,8 @@ fn metrics_count_exactly_the_requests_made_and_stay_off_the_public_listener() {
             401,
         ),
         ("/api/v1/nothing", key.to_vec(), 404),
+        ("/api/v1/openapi.json", vec![], 200),
+        ("/api/v1/api-keys", key.to_vec(), 403),
     ];
     for (path, headers, status) in &mix {
         let r = server.send("GET", path, headers, None);
@@ -220,14 +222,33 @@ fn metrics_count_exactly_the_requests_made_and_stay_off_the_public_listener() {
     assert_eq!(
         delta(
             requests,
-            &[r#"decision="forward""#, r#"outcome="forwarded""#]
+            &[
+                r#"route="resource""#,
+                r#"decision="forward""#,
+                r#"outcome="forwarded""#
+            ]
         ),
         3.0
+    );
+    assert_eq!(delta(requests, &[r#"route="resource""#]), 7.0);
+    assert_eq!(
+        delta(
+            requests,
+            &[r#"route="api_description""#, r#"outcome="replied""#]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            requests,
+            &[r#"route="management""#, r#"outcome="status_4xx""#]
+        ),
+        1.0
     );
     assert_eq!(delta(requests, &[r#"outcome="unauthenticated""#]), 2.0);
     assert_eq!(delta(requests, &[r#"outcome="invalid_api_key""#]), 1.0);
     assert_eq!(delta(requests, &[r#"outcome="unknown_resource""#]), 1.0);
-    assert_eq!(delta(requests, &[]), 7.0, "{after}");
+    assert_eq!(delta(requests, &[]), 9.0, "{after}");
     assert_eq!(
         delta(
             "sigma_keys_request_duration_seconds_count",

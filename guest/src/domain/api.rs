@@ -118,7 +118,7 @@ pub struct RequestHead<'a> {
 }
 
 impl RequestHead<'_> {
-    fn path(&self) -> &str {
+    pub fn path(&self) -> &str {
         self.path_with_query
             .split_once('?')
             .map_or(self.path_with_query, |(p, _)| p)
@@ -311,6 +311,31 @@ fn management_route(path: &str) -> Option<Management<'_>> {
         [id, "roll"] if !id.is_empty() => Some(Management::Roll(id)),
         [id] if !id.is_empty() => Some(Management::Key(id)),
         _ => None,
+    }
+}
+
+/// Which kind of endpoint a request is for (a bounded label for metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteClass {
+    Resource,
+    Authorization,
+    Management,
+    Verify,
+    SecretScanning,
+    ApiDescription,
+}
+
+/// The route class of a path, as [`decide`] and [`handle`] route it.
+pub fn route_class(path: &str) -> RouteClass {
+    if forward_auth::is_auth_path(path) {
+        return RouteClass::Authorization;
+    }
+    match management_route(path) {
+        None => RouteClass::Resource,
+        Some(Management::Verify) => RouteClass::Verify,
+        Some(Management::SecretScanning) => RouteClass::SecretScanning,
+        Some(Management::OpenApi) => RouteClass::ApiDescription,
+        Some(_) => RouteClass::Management,
     }
 }
 

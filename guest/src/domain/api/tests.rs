@@ -1102,3 +1102,26 @@ fn the_openapi_document_is_served_and_names_every_code_and_permission() {
         (405, "method_not_allowed")
     );
 }
+
+#[test]
+fn every_path_has_the_route_class_it_is_served_as() {
+    for (path, class) in [
+        ("/api/v1/records", RouteClass::Resource),
+        ("/api/v1/records/r1/variants", RouteClass::Resource),
+        ("/elsewhere", RouteClass::Resource),
+        ("/_sigma/auth/forward", RouteClass::Authorization),
+        (
+            "/_sigma/auth/envoy/api/v1/records",
+            RouteClass::Authorization,
+        ),
+        ("/api/v1/api-keys", RouteClass::Management),
+        ("/api/v1/api-keys/", RouteClass::Management),
+        ("/api/v1/api-keys/apikey-1/roll", RouteClass::Management),
+        ("/api/v1/api-keys/events", RouteClass::Management),
+        ("/api/v1/api-keys/verify", RouteClass::Verify),
+        (SECRET_SCANNING_PATH, RouteClass::SecretScanning),
+        (OPENAPI_PATH, RouteClass::ApiDescription),
+    ] {
+        assert_eq!(route_class(path), class, "{path}");
+    }
+}

@@ -91,7 +91,7 @@ impl auth::Guest for Program {
 }
 
 impl gateway::Guest for Program {
-    fn decide(head: gateway::RequestHead) -> gateway::Decision {
+    fn decide(head: gateway::RequestHead) -> gateway::Decided {
         if head.path_with_query.ends_with("/panic-decide") {
             panic!("this test program panics on purpose");
         }
@@ -109,7 +109,10 @@ impl gateway::Guest for Program {
                 chunks.push(std::hint::black_box(vec![1u8; 16 << 20]));
             }
         }
-        gateway::Decision::Handle(64 * 1024)
+        gateway::Decided {
+            route: gateway::RouteClass::Resource,
+            decision: gateway::Decision::Handle(64 * 1024),
+        }
     }
     fn upstream_failed(_: gateway::UpstreamFailure) -> gateway::Reply {
         panic!("typed call")
