@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+mod boundary;
 mod native_db;
 mod servers;
 
@@ -376,6 +377,46 @@ fn verify_inprocess(
         "ns/call",
         "the same domain verify and in-memory store compiled to wasm, looped inside one call",
     );
+    // What the boundary costs on a minimal embedding of the same component,
+    // with `call` and with `call_async`, and wasmtime's floor for a call.
+    let bare = boundary::component(rt, calls, runs)?;
+    for (name, value, what) in [
+        (
+            "bare_call_async",
+            bare.call_async,
+            "required-permission, minimal embedding, call_async",
+        ),
+        (
+            "bare_call_sync",
+            bare.call_sync,
+            "the same, call (no fiber)",
+        ),
+        (
+            "bare_verify_async",
+            bare.verify_async,
+            "verify over a map in the host, call_async",
+        ),
+        (
+            "bare_verify_sync",
+            bare.verify_sync,
+            "the same, call (no fiber)",
+        ),
+    ] {
+        report.add(&format!("verify_inprocess.{name}"), value, "ns/call", what);
+    }
+    let (noop_sync, noop_async) = boundary::noop(rt, &o.inwasm, calls, runs)?;
+    report.add(
+        "verify_inprocess.noop_call_sync",
+        noop_sync,
+        "ns/call",
+        "an export that takes and returns nothing, call",
+    );
+    report.add(
+        "verify_inprocess.noop_call_async",
+        noop_async,
+        "ns/call",
+        "the same, call_async",
+    );
     report.compare(
         "verify_inprocess.component",
         "verify_inprocess.native",
@@ -396,6 +437,27 @@ fn verify_inprocess(
         "verify_inprocess.native",
         Target::None,
     );
+    // Issue #11's goal: the boundary and the store import at most a quarter
+    // of the work itself.
+    report.compare(
+        "verify_inprocess.component",
+        "verify_inprocess.wasm_memory",
+        Target::AtMost(1.25),
+    );
+    // What a synchronous call path would buy, and what is left without it.
+    for (name, baseline) in [
+        ("bare_call_async", "bare_call_sync"),
+        ("noop_call_async", "noop_call_sync"),
+        ("bare_verify_async", "bare_verify_sync"),
+        ("bare_call_sync", "noop_call_sync"),
+        ("bare_verify_sync", "wasm_memory"),
+    ] {
+        report.compare(
+            &format!("verify_inprocess.{name}"),
+            &format!("verify_inprocess.{baseline}"),
+            Target::None,
+        );
+    }
     Ok(())
 }
 

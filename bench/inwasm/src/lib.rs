@@ -18,6 +18,8 @@ struct Probe;
 export!(Probe);
 
 impl Guest for Probe {
+    fn noop() {}
+
     fn run(calls: u32) -> u32 {
         let store = MemoryStore::default();
         let new = keys::NewKey {

@@ -1,0 +1,327 @@
+//! What crossing the component boundary costs, on a minimal embedding of
+//! the component the host embeds: the host's compilation settings, the store
+//! imports answered from a map, no pooling, no server. Each call is made
+//! both ways wasmtime offers, `call` (synchronous) and `call_async` (on a
+//! fiber, as the host calls), so the suite shows what a synchronous call
+//! path would buy before one is built, and where wasmtime's floor is.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Result, anyhow, bail};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sigma:api-keys/typed",
+    });
+}
+
+/// The same world with async exports, for `call_async`; the imports stay
+/// synchronous (the map answers at once) and are the same types.
+mod async_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sigma:api-keys/typed",
+        exports: { default: async },
+        with: {
+            "sigma:api-keys/store": super::bindings::sigma::api_keys::store,
+            "sigma:api-keys/request-log": super::bindings::sigma::api_keys::request_log,
+        },
+    });
+}
+
+use async_bindings::exports::sigma::api_keys::keys as akeys;
+use bindings::sigma::api_keys::store::{
+    Host as StoreHost, KeyHash, LoggedEvent, StoreError, StoredEvent, StoredKey, Timestamp,
+};
+use bindings::{Typed, exports::sigma::api_keys::keys};
+
+/// Keys in a map, as the bench's in-memory baselines keep them: the store
+/// costs next to nothing, so the figures are the boundary's.
+#[derive(Default)]
+struct MemoryStore {
+    keys: HashMap<KeyHash, StoredKey>,
+}
+
+struct Ctx {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    config: WasiConfigVariables,
+    store: MemoryStore,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        Ctx {
+            table: ResourceTable::new(),
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            config: WasiConfigVariables::new(),
+            store: MemoryStore::default(),
+        }
+    }
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Ctx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Unavailable("not in the bench's store".to_owned())
+}
+
+impl StoreHost for Ctx {
+    fn insert(
+        &mut self,
+        key: StoredKey,
+        hash: KeyHash,
+        _tenant_limit: u32,
+        _event: StoredEvent,
+    ) -> Result<(), StoreError> {
+        self.store.keys.insert(hash, key);
+        Ok(())
+    }
+    fn find_by_hash(&mut self, hash: KeyHash) -> Result<Option<StoredKey>, StoreError> {
+        Ok(self.store.keys.get(&hash).cloned())
+    }
+    fn list(&mut self, _tenant: String) -> Result<Vec<StoredKey>, StoreError> {
+        Err(unsupported())
+    }
+    fn deactivate(
+        &mut self,
+        _tenant: String,
+        _id: String,
+        _at: Timestamp,
+        _event: StoredEvent,
+    ) -> Result<Option<StoredKey>, StoreError> {
+        Err(unsupported())
+    }
+    fn remove(
+        &mut self,
+        _tenant: String,
+        _id: String,
+        _event: StoredEvent,
+    ) -> Result<bool, StoreError> {
+        Err(unsupported())
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn roll(
+        &mut self,
+        _tenant: String,
+        _id: String,
+        _at: Timestamp,
+        _expires_at: Timestamp,
+        _key: StoredKey,
+        _hash: KeyHash,
+        _tenant_limit: u32,
+        _events: Vec<StoredEvent>,
+    ) -> Result<Option<StoredKey>, StoreError> {
+        Err(unsupported())
+    }
+    fn events(
+        &mut self,
+        _tenant: String,
+        _key_id: Option<String>,
+        _before: Option<u64>,
+        _limit: u32,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        Err(unsupported())
+    }
+    fn record_use(&mut self, id: String, at: Timestamp) -> Result<(), StoreError> {
+        if let Some(key) = self.store.keys.values_mut().find(|k| k.id == id) {
+            key.last_used_at = Some(at);
+        }
+        Ok(())
+    }
+}
+
+impl bindings::sigma::api_keys::request_log::Host for Ctx {
+    fn identify(
+        &mut self,
+        _tenant: Option<String>,
+        _key_id: Option<String>,
+        _subject: Option<String>,
+    ) {
+    }
+}
+
+/// Median ns per call on the minimal embedding.
+pub struct Figures {
+    /// `auth.required-permission("GET", "/api/v1/records")` with `call`.
+    pub call_sync: f64,
+    /// The same with `call_async`.
+    pub call_async: f64,
+    /// `auth.verify` of one key, over the map, with `call`.
+    pub verify_sync: f64,
+    /// The same with `call_async`.
+    pub verify_async: f64,
+}
+
+fn engine() -> Result<Engine> {
+    let mut config = wasmtime::Config::new();
+    sigma_keys::engine::configure(&mut config);
+    Ok(Engine::new(&config)?)
+}
+
+/// A store with a deadline far away: epoch interruption is on, as in the
+/// host, and nothing ticks the epoch here.
+fn new_store(engine: &Engine) -> Store<Ctx> {
+    let mut store = Store::new(engine, Ctx::new());
+    store.set_epoch_deadline(u64::MAX / 2);
+    store
+}
+
+fn cli() -> keys::Actor {
+    keys::Actor {
+        via: keys::ActorVia::Cli,
+        subject: None,
+    }
+}
+
+fn check_route(answer: Result<keys::Permission, keys::Error>) -> Result<()> {
+    match answer {
+        Ok(keys::Permission::Read) => Ok(()),
+        Ok(other) => bail!("required-permission answered {other:?}"),
+        Err(e) => bail!("required-permission: {}", e.message),
+    }
+}
+
+pub fn component(rt: &tokio::runtime::Runtime, calls: usize, runs: usize) -> Result<Figures> {
+    let engine = engine()?;
+    let component = Component::new(&engine, sigma_keys::runtime::COMPONENT)?;
+    let read = [keys::Permission::Read];
+
+    let mut linker: Linker<Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| WasiConfig::from(&c.config))?;
+    // The `service` world's wasi:http, unused by typed calls, linked as the host links it.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+    Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+    let mut store = new_store(&engine);
+    let typed = Typed::instantiate(&mut store, &component, &linker)?;
+    let created = typed
+        .sigma_api_keys_keys()
+        .call_create(&mut store, "acme", "bench", &read, None, &cli())?
+        .map_err(|e| anyhow!("create: {}", e.message))?;
+    let auth = typed.sigma_api_keys_auth();
+    let call_sync = crate::median_ns(runs, calls, || {
+        check_route(auth.call_required_permission(&mut store, "GET", "/api/v1/records")?)
+    })?;
+    let verify_sync = crate::median_ns(runs, calls, || {
+        auth.call_verify(&mut store, &created.raw_key, keys::Permission::Read)?
+            .map_err(|e| anyhow!("verify: {}", e.message))?;
+        Ok(())
+    })?;
+
+    let mut linker: Linker<Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| WasiConfig::from(&c.config))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+    let mut store = new_store(&engine);
+    let actor = akeys::Actor {
+        via: akeys::ActorVia::Cli,
+        subject: None,
+    };
+    let (call_async, verify_async) = rt.block_on(async {
+        let typed =
+            async_bindings::Typed::instantiate_async(&mut store, &component, &linker).await?;
+        let created = typed
+            .sigma_api_keys_keys()
+            .call_create(
+                &mut store,
+                "acme",
+                "bench",
+                &[akeys::Permission::Read],
+                None,
+                &actor,
+            )
+            .await?
+            .map_err(|e| anyhow!("create: {}", e.message))?;
+        let auth = typed.sigma_api_keys_auth();
+        let call = crate::median_ns_async(runs, calls, async || {
+            match auth
+                .call_required_permission(&mut store, "GET", "/api/v1/records")
+                .await?
+            {
+                Ok(akeys::Permission::Read) => Ok(()),
+                Ok(other) => bail!("required-permission answered {other:?}"),
+                Err(e) => bail!("required-permission: {}", e.message),
+            }
+        })
+        .await?;
+        let verify = crate::median_ns_async(runs, calls, async || {
+            auth.call_verify(&mut store, &created.raw_key, akeys::Permission::Read)
+                .await?
+                .map_err(|e| anyhow!("verify: {}", e.message))?;
+            Ok(())
+        })
+        .await?;
+        anyhow::Ok((call, verify))
+    })?;
+    Ok(Figures {
+        call_sync,
+        call_async,
+        verify_sync,
+        verify_async,
+    })
+}
+
+/// Median ns per call of the in-wasm probe's `noop` export, which takes and
+/// returns nothing: wasmtime's floor for a typed call, with `call` and with
+/// `call_async`.
+pub fn noop(
+    rt: &tokio::runtime::Runtime,
+    probe: &Path,
+    calls: usize,
+    runs: usize,
+) -> Result<(f64, f64)> {
+    let engine = engine()?;
+    let component = Component::from_file(&engine, probe)?;
+
+    let mut linker: Linker<Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let mut store = new_store(&engine);
+    let instance = linker.instantiate(&mut store, &component)?;
+    let noop = instance.get_typed_func::<(), ()>(&mut store, "noop")?;
+    let sync = crate::median_ns(runs, calls, || {
+        noop.call(&mut store, ())?;
+        Ok(())
+    })?;
+
+    let mut linker: Linker<Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    let mut store = new_store(&engine);
+    let asynchronous = rt.block_on(async {
+        let instance = linker.instantiate_async(&mut store, &component).await?;
+        let noop = instance.get_typed_func::<(), ()>(&mut store, "noop")?;
+        crate::median_ns_async(runs, calls, async || {
+            noop.call_async(&mut store, ()).await?;
+            Ok(())
+        })
+        .await
+    })?;
+    Ok((sync, asynchronous))
+}
