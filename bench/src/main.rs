@@ -233,6 +233,13 @@ fn main() -> Result<()> {
         // The plain proxy runs in a process of its own, as sigma-keys does:
         // sharing the upstream's threads would spare it the cross-process
         // scheduling that sigma-keys pays.
+        Some("plain-proxy-per-core") => {
+            let upstream: SocketAddr = std::env::args()
+                .nth(2)
+                .context("plain-proxy-per-core HOST:PORT")?
+                .parse()?;
+            return servers::plain_proxy_per_core(upstream);
+        }
         Some("plain-proxy") => {
             let upstream: SocketAddr = std::env::args()
                 .nth(2)
@@ -833,6 +840,11 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     let plain_proxy =
         child(Command::new(std::env::current_exe()?).args(["plain-proxy", &upstream.to_string()]))?;
     let plain = plain_proxy.addr;
+    let per_core_proxy = child(
+        Command::new(std::env::current_exe()?)
+            .args(["plain-proxy-per-core", &upstream.to_string()]),
+    )?;
+    let per_core = per_core_proxy.addr;
     let nginx = servers::Nginx::start(upstream)?;
     let Gateway {
         dir: _dir,
@@ -852,7 +864,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     // (name, URL, headers, whether only 2xx counts, note). The last one is the
     // same server, key and authentication on a path that is no resource (a
     // 404 from the component): everything but the forwarding leg.
-    let cases: [LoadCase<'_>; 6] = [
+    let cases: [LoadCase<'_>; 7] = [
         (
             "proxy_auth.upstream_direct",
             format!("http://{upstream}/api/v1/records"),
@@ -866,6 +878,13 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
             &[][..],
             true,
             "native hyper proxy, no auth",
+        ),
+        (
+            "proxy_auth.plain_proxy_per_core",
+            format!("http://{per_core}/api/v1/records"),
+            &[][..],
+            true,
+            "the same on sigma-keys' threads (one single-threaded runtime and upstream pool per core), no auth",
         ),
         (
             "proxy_auth.nginx",
@@ -902,6 +921,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         .iter()
         .map(|(name, ..)| match *name {
             "proxy_auth.plain_proxy" => Some(plain_proxy.child.id()),
+            "proxy_auth.plain_proxy_per_core" => Some(per_core_proxy.child.id()),
             "proxy_auth.sigma_keys" | "proxy_auth.sigma_keys_no_forward" => Some(sigma.child.id()),
             _ => None,
         })
@@ -914,6 +934,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         Some(bare_i),
         Some(direct_i),
         Some(metered_i),
+        Some(per_core_i),
     ) = (
         index("proxy_auth.sigma_keys"),
         index("proxy_auth.plain_proxy"),
@@ -921,6 +942,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         index("proxy_auth.sigma_keys_no_forward"),
         index("proxy_auth.upstream_direct"),
         index("proxy_auth.sigma_keys_metrics"),
+        index("proxy_auth.plain_proxy_per_core"),
     )
     else {
         bail!("a proxy_auth case is missing");
@@ -955,9 +977,13 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         (plain_i, Some(0.85)),
         (nginx_i, Some(0.75)),
         (direct_i, None),
+        (per_core_i, None),
     ] {
         ratio_within_rounds(report, &cases, &rounds, (sigma_i, baseline), runs, target);
     }
+    // The floor of this stack: a hyper forwarder on sigma-keys' threads that
+    // checks nothing, against nginx.
+    ratio_within_rounds(report, &cases, &rounds, (per_core_i, nginx_i), runs, None);
     let p99 = report
         .value("proxy_auth.sigma_keys.p99")
         .context("proxy_auth.sigma_keys.p99 was not measured")?;

@@ -62,32 +62,87 @@ pub async fn plain_proxy(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build(connector);
-    listen(move |mut req: Request<Incoming>| {
-        let client = client.clone();
-        async move {
-            let path = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_else(|| "/".into());
-            *req.uri_mut() = format!("http://{upstream}{path}")
-                .parse()
-                .unwrap_or_default();
-            match client.request(req).await {
-                Ok(resp) => Ok(resp.map(|b| b.boxed())),
-                Err(_) => {
-                    let mut r = Response::new(
-                        Full::new(Bytes::from_static(b"bad gateway"))
-                            .map_err(|never| match never {})
-                            .boxed(),
-                    );
-                    *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
-                    Ok(r)
+    listen(move |req: Request<Incoming>| forward(client.clone(), upstream, req)).await
+}
+
+/// [`plain_proxy`] laid out as sigma-keys serves: one thread accepts and hands
+/// each connection, round robin, to one of N threads (N = cores), each with a
+/// single-threaded runtime and its own upstream pool. What a hyper forwarder
+/// on the same threads as sigma-keys does when it checks nothing: the floor
+/// of this stack, against nginx. Blocks serving; prints the address first.
+pub fn plain_proxy_per_core(upstream: SocketAddr) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!(
+        "plain proxy per core listening on http://{}",
+        listener.local_addr()?
+    );
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut workers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                let client: Client<HttpConnector, Incoming> =
+                    Client::builder(TokioExecutor::new()).build(connector);
+                while let Some(stream) = rx.recv().await {
+                    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                        continue;
+                    };
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let _ = http1::Builder::new()
+                            .serve_connection(
+                                TokioIo::new(stream),
+                                service_fn(move |req| forward(client.clone(), upstream, req)),
+                            )
+                            .await;
+                    });
                 }
-            }
+            });
+        });
+        workers.push(tx);
+    }
+    for (stream, worker) in listener.incoming().zip(workers.iter().cycle()) {
+        let Ok(stream) = stream else { continue };
+        if stream.set_nodelay(true).is_err() || stream.set_nonblocking(true).is_err() {
+            continue;
         }
-    })
-    .await
+        let _ = worker.send(stream);
+    }
+    Ok(())
+}
+
+/// `req` to `upstream` through `client`, unchanged but for the URI.
+async fn forward(
+    client: Client<HttpConnector, Incoming>,
+    upstream: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>, Infallible> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = format!("http://{upstream}{path}")
+        .parse()
+        .unwrap_or_default();
+    match client.request(req).await {
+        Ok(resp) => Ok(resp.map(|b| b.boxed())),
+        Err(_) => {
+            let mut r = Response::new(
+                Full::new(Bytes::from_static(b"bad gateway"))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+            Ok(r)
+        }
+    }
 }
 
 /// nginx from Debian's package as the reverse proxy most users would
