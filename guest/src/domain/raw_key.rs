@@ -40,7 +40,7 @@ impl RawKey {
         key.push_str(PREFIX);
         key.push_str(&random::alphanumeric(RANDOM_LEN)?);
         let sum = checksum(&key);
-        key.push_str(&sum);
+        key.extend(sum.iter().map(|&b| char::from(b)));
         Ok(RawKey(key))
     }
 
@@ -49,11 +49,11 @@ impl RawKey {
         let Some(rest) = s.strip_prefix(PREFIX) else {
             return Err(KeyFormatError::Malformed);
         };
-        if s.len() != KEY_LEN || !rest.bytes().all(|b| ALPHABET.contains(&b)) {
+        if s.len() != KEY_LEN || !rest.bytes().all(in_alphabet) {
             return Err(KeyFormatError::Malformed);
         }
         let (body, sum) = s.split_at(KEY_LEN - CHECKSUM_LEN);
-        if checksum(body) != sum {
+        if sum.as_bytes() != checksum(body) {
             return Err(KeyFormatError::BadChecksum);
         }
         Ok(RawKey(s.to_owned()))
@@ -86,15 +86,22 @@ impl fmt::Debug for KeyHash {
     }
 }
 
-/// CRC-32 (zlib/IEEE) of `body`, as 7 zero-padded base36 digits.
-fn checksum(body: &str) -> String {
+/// Whether `b` is one of [`ALPHABET`]'s characters. Two range tests: a
+/// search of the alphabet for each character was, as wasm, the largest
+/// single cost of checking a key.
+fn in_alphabet(b: u8) -> bool {
+    b.is_ascii_digit() || b.is_ascii_lowercase()
+}
+
+/// CRC-32 (zlib/IEEE) of `body`, as 7 zero-padded base36 digits (ASCII).
+fn checksum(body: &str) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(body.as_bytes());
     let mut digits = [b'0'; CHECKSUM_LEN];
     for d in digits.iter_mut().rev() {
         *d = ALPHABET[(n % 36) as usize];
         n /= 36;
     }
-    digits.iter().map(|&b| char::from(b)).collect()
+    digits
 }
 
 #[cfg(test)]
@@ -120,8 +127,11 @@ mod tests {
     #[test]
     fn checksum_is_crc32_in_base36() {
         // crc32("") = 0 and crc32 of "123456789" is the standard check value 0xCBF43926.
-        assert_eq!(checksum(""), "0000000");
-        assert_eq!(checksum("123456789"), format_base36(0xCBF4_3926));
+        assert_eq!(&checksum(""), b"0000000");
+        assert_eq!(
+            checksum("123456789").as_slice(),
+            format_base36(0xCBF4_3926).as_bytes()
+        );
         assert_eq!(checksum_max(), "1z141z3");
     }
 
@@ -143,9 +153,16 @@ mod tests {
     }
 
     #[test]
+    fn in_alphabet_is_exactly_the_alphabet() {
+        for b in 0..=u8::MAX {
+            assert_eq!(in_alphabet(b), ALPHABET.contains(&b), "byte {b}");
+        }
+    }
+
+    #[test]
     fn a_known_key_verifies() {
         let body = "sigma_sk_live_abc123def456ghi789jkl012mno34";
-        let key = format!("{body}{}", checksum(body));
+        let key = format!("{body}{}", String::from_utf8_lossy(&checksum(body)));
         assert!(RawKey::parse(&key).is_ok());
     }
 
