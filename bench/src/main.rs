@@ -233,13 +233,6 @@ fn main() -> Result<()> {
         // The plain proxy runs in a process of its own, as sigma-keys does:
         // sharing the upstream's threads would spare it the cross-process
         // scheduling that sigma-keys pays.
-        Some("plain-proxy-per-core") => {
-            let upstream: SocketAddr = std::env::args()
-                .nth(2)
-                .context("plain-proxy-per-core HOST:PORT")?
-                .parse()?;
-            return servers::plain_proxy_per_core(upstream);
-        }
         Some("plain-proxy") => {
             let upstream: SocketAddr = std::env::args()
                 .nth(2)
@@ -252,6 +245,14 @@ fn main() -> Result<()> {
                 );
                 std::future::pending::<Result<()>>().await
             });
+        }
+        // The same on sigma-keys' threads: the floor of this stack.
+        Some("plain-proxy-per-core") => {
+            let upstream: SocketAddr = std::env::args()
+                .nth(2)
+                .context("plain-proxy-per-core HOST:PORT")?
+                .parse()?;
+            return servers::plain_proxy_per_core(upstream);
         }
         _ => {}
     }
