@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -289,6 +290,38 @@ pub fn component(rt: &tokio::runtime::Runtime, calls: usize, runs: usize) -> Res
     })
 }
 
+/// The in-wasm probe, instantiated for synchronous calls.
+fn probe_sync(
+    engine: &Engine,
+    probe: &Path,
+) -> Result<(Store<Ctx>, wasmtime::component::Instance)> {
+    let component = Component::from_file(engine, probe)?;
+    let mut linker: Linker<Ctx> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let mut store = new_store(engine);
+    let instance = linker.instantiate(&mut store, &component)?;
+    Ok((store, instance))
+}
+
+/// Median ns per `keys::verify` run as wasm inside the probe component
+/// (bench/inwasm), compiled with the host's settings as the component is:
+/// one call loops `calls` times, so the boundary is paid once.
+pub fn wasm_verify(probe: &Path, calls: usize, runs: usize) -> Result<f64> {
+    let (mut store, instance) = probe_sync(&engine()?, probe)?;
+    let run = instance.get_typed_func::<(u32,), (u32,)>(&mut store, "run")?;
+    let n = u32::try_from(calls)?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let (ok,) = run.call(&mut store, (n,))?;
+        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
+        if ok != n {
+            bail!("the probe verified {ok} of {n} calls");
+        }
+    }
+    Ok(crate::median(times))
+}
+
 /// Median ns per call of the in-wasm probe's `noop` export, which takes and
 /// returns nothing: wasmtime's floor for a typed call, with `call` and with
 /// `call_async`.
@@ -299,18 +332,14 @@ pub fn noop(
     runs: usize,
 ) -> Result<(f64, f64)> {
     let engine = engine()?;
-    let component = Component::from_file(&engine, probe)?;
-
-    let mut linker: Linker<Ctx> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    let mut store = new_store(&engine);
-    let instance = linker.instantiate(&mut store, &component)?;
+    let (mut store, instance) = probe_sync(&engine, probe)?;
     let noop = instance.get_typed_func::<(), ()>(&mut store, "noop")?;
     let sync = crate::median_ns(runs, calls, || {
         noop.call(&mut store, ())?;
         Ok(())
     })?;
 
+    let component = Component::from_file(&engine, probe)?;
     let mut linker: Linker<Ctx> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     let mut store = new_store(&engine);

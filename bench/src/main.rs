@@ -381,7 +381,7 @@ fn verify_inprocess(
     );
     report.add(
         "verify_inprocess.wasm_memory",
-        wasm_verify_ns(&o.inwasm, calls, runs)?,
+        boundary::wasm_verify(&o.inwasm, calls, runs)?,
         "ns/call",
         "the same domain verify and in-memory store compiled to wasm, looped inside one call",
     );
@@ -467,52 +467,6 @@ fn verify_inprocess(
         );
     }
     Ok(())
-}
-
-/// Median ns per `keys::verify` run as wasm inside the probe component
-/// (bench/inwasm): one call loops `calls` times, so the boundary is paid once.
-fn wasm_verify_ns(probe: &Path, calls: usize, runs: usize) -> Result<f64> {
-    use wasmtime::component::{Component, Linker, ResourceTable};
-    use wasmtime::{Engine, Store};
-    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-    struct Ctx {
-        table: ResourceTable,
-        wasi: WasiCtx,
-    }
-    impl WasiView for Ctx {
-        fn ctx(&mut self) -> WasiCtxView<'_> {
-            WasiCtxView {
-                ctx: &mut self.wasi,
-                table: &mut self.table,
-            }
-        }
-    }
-
-    let engine = Engine::default();
-    let component = Component::from_file(&engine, probe)?;
-    let mut linker: Linker<Ctx> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    let mut store = Store::new(
-        &engine,
-        Ctx {
-            table: ResourceTable::new(),
-            wasi: WasiCtx::builder().build(),
-        },
-    );
-    let instance = linker.instantiate(&mut store, &component)?;
-    let run = instance.get_typed_func::<(u32,), (u32,)>(&mut store, "run")?;
-    let n = u32::try_from(calls)?;
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let start = Instant::now();
-        let (ok,) = run.call(&mut store, (n,))?;
-        times.push(start.elapsed().as_nanos() as f64 / calls as f64);
-        if ok != n {
-            bail!("the probe verified {ok} of {n} calls");
-        }
-    }
-    Ok(median(times))
 }
 
 /// Median ns per `keys::required_permission`, natively.
