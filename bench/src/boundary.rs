@@ -60,11 +60,15 @@ struct Ctx {
 
 impl Ctx {
     fn new() -> Ctx {
+        Ctx::with_config(WasiConfigVariables::new())
+    }
+
+    fn with_config(config: WasiConfigVariables) -> Ctx {
         Ctx {
             table: ResourceTable::new(),
             wasi: WasiCtx::builder().build(),
             http: WasiHttpCtx::new(),
-            config: WasiConfigVariables::new(),
+            config,
             store: MemoryStore::default(),
         }
     }
@@ -192,6 +196,117 @@ fn new_store(engine: &Engine) -> Store<Ctx> {
     let mut store = Store::new(engine, Ctx::new());
     store.set_epoch_deadline(u64::MAX / 2);
     store
+}
+
+/// The upstream the `decide` figures forward to; nothing is sent to it.
+const DECIDE_UPSTREAM: &str = "http://127.0.0.1:9/base";
+/// The path the `decide` figures ask for, under the key's `read`.
+pub const DECIDE_PATH: &str = "/api/v1/records?page=2";
+
+/// A resource request's headers as an integration's HTTP client sends them:
+/// its key and nine common headers, one of them a spoofed identity header
+/// for the gateway to remove.
+pub fn client_headers(raw_key: &str) -> Vec<(String, Vec<u8>)> {
+    [
+        ("host", "pim.example"),
+        ("user-agent", "integration-client/2.3.1 (linux; rust)"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("accept-language", "en-US,en;q=0.9"),
+        ("x-request-id", "5f0c8a9e-3b1d-4c6e-9a2f-7d8e1b0c4a55"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("cache-control", "no-cache"),
+        ("x-sigma-tenant", "globex"),
+        ("x-sigma-apikey", raw_key),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+    .collect()
+}
+
+/// Median ns per `gateway.decide` that forwards a request with
+/// [`client_headers`], with `call`: what the component costs the gateway
+/// for each request it lets through, the crossing both ways included.
+pub fn decide(calls: usize, runs: usize) -> Result<f64> {
+    use bindings::exports::sigma::api_keys::gateway::{Decision, RequestHead};
+    let engine = engine()?;
+    let component = Component::new(&engine, sigma_keys::runtime::COMPONENT)?;
+    let mut linker: Linker<Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| WasiConfig::from(&c.config))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+    Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+    let config = WasiConfigVariables::from_iter([("upstream", DECIDE_UPSTREAM)]);
+    let mut store = Store::new(&engine, Ctx::with_config(config));
+    store.set_epoch_deadline(u64::MAX / 2);
+    let typed = Typed::instantiate(&mut store, &component, &linker)?;
+    let created = typed
+        .sigma_api_keys_keys()
+        .call_create(
+            &mut store,
+            "acme",
+            "bench",
+            &[keys::Permission::Read],
+            None,
+            &cli(),
+        )?
+        .map_err(|e| anyhow!("create: {}", e.message))?;
+    let head = RequestHead {
+        method: "GET".into(),
+        path_with_query: DECIDE_PATH.into(),
+        headers: client_headers(&created.raw_key),
+        peer: Some("198.51.100.7".into()),
+        tls: false,
+    };
+    let gateway = typed.sigma_api_keys_gateway();
+    crate::median_ns(runs, calls, || {
+        match gateway.call_decide(&mut store, &head)?.decision {
+            Decision::Forward(_) => Ok(()),
+            other => bail!("decide did not forward: {other:?}"),
+        }
+    })
+}
+
+/// Median ns per `api::decide` of the same request, natively: the domain
+/// work the component's `decide` wraps.
+pub fn native_decide(calls: usize, runs: usize) -> Result<f64> {
+    use sigma_keys_guest::domain::api::{self, Caller, Decision, RequestHead, Settings};
+    use sigma_keys_guest::domain::events::Actor;
+    use sigma_keys_guest::domain::keys::{self as domain_keys, NewKey};
+    use sigma_keys_guest::domain::memory::MemoryStore as DomainStore;
+    use sigma_keys_guest::domain::permission::Permission;
+    use sigma_keys_guest::domain::upstream::Upstream;
+
+    let store = DomainStore::default();
+    let new = NewKey {
+        name: "bench",
+        permissions: &[Permission::Read],
+        expires_at: None,
+    };
+    let (_, raw) = domain_keys::create(&store, "acme", &new, &Actor::cli(), 10)
+        .map_err(|e| anyhow!("create: {}", e.message))?;
+    let settings = Settings {
+        upstream: Some(Upstream::parse(DECIDE_UPSTREAM).map_err(|e| anyhow!(e))?),
+        ..Settings::default()
+    };
+    let headers = client_headers(raw.expose());
+    crate::median_ns(runs, calls, || {
+        let head = RequestHead {
+            method: "GET",
+            path_with_query: DECIDE_PATH,
+            headers: &headers,
+            peer: Some("198.51.100.7"),
+            tls: false,
+        };
+        let mut caller = Caller::default();
+        match std::hint::black_box(api::decide(&store, &settings, &head, &mut caller)) {
+            Decision::Forward(_) => Ok(()),
+            other => bail!("decide did not forward: {other:?}"),
+        }
+    })
 }
 
 fn cli() -> keys::Actor {

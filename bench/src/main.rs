@@ -412,6 +412,19 @@ fn verify_inprocess(
     ] {
         report.add(&format!("verify_inprocess.{name}"), value, "ns/call", what);
     }
+    // The gateway's own call: a forwarded request with a client's usual headers.
+    report.add(
+        "verify_inprocess.bare_decide_sync",
+        boundary::decide(calls, runs)?,
+        "ns/call",
+        "gateway.decide forwarding a request with 10 headers, minimal embedding, call",
+    );
+    report.add(
+        "verify_inprocess.native_decide",
+        boundary::native_decide(calls, runs)?,
+        "ns/call",
+        "the same decide, natively",
+    );
     let (noop_sync, noop_async) = boundary::noop(rt, &o.inwasm, calls, runs)?;
     report.add(
         "verify_inprocess.noop_call_sync",
@@ -459,6 +472,7 @@ fn verify_inprocess(
         ("bare_verify_async", "bare_verify_sync"),
         ("bare_call_sync", "noop_call_sync"),
         ("bare_verify_sync", "wasm_memory"),
+        ("bare_decide_sync", "native_decide"),
     ] {
         report.compare(
             &format!("verify_inprocess.{name}"),
