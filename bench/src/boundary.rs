@@ -227,86 +227,159 @@ pub fn client_headers(raw_key: &str) -> Vec<(String, Vec<u8>)> {
     .collect()
 }
 
+/// The embedded component on the minimal embedding, with a key, and a
+/// request head for `gateway.decide` to forward.
+struct DecideSetup {
+    store: Store<Ctx>,
+    typed: Typed,
+    head: bindings::exports::sigma::api_keys::gateway::RequestHead,
+}
+
+impl DecideSetup {
+    fn new() -> Result<DecideSetup> {
+        let engine = engine()?;
+        let component = Component::new(&engine, sigma_keys::runtime::COMPONENT)?;
+        let mut linker: Linker<Ctx> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| {
+            WasiConfig::from(&c.config)
+        })?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+        Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+        let config = WasiConfigVariables::from_iter([("upstream", DECIDE_UPSTREAM)]);
+        let mut store = Store::new(&engine, Ctx::with_config(config));
+        store.set_epoch_deadline(u64::MAX / 2);
+        let typed = Typed::instantiate(&mut store, &component, &linker)?;
+        let created = typed
+            .sigma_api_keys_keys()
+            .call_create(
+                &mut store,
+                "acme",
+                "bench",
+                &[keys::Permission::Read],
+                None,
+                &cli(),
+            )?
+            .map_err(|e| anyhow!("create: {}", e.message))?;
+        let head = bindings::exports::sigma::api_keys::gateway::RequestHead {
+            method: "GET".into(),
+            path_with_query: DECIDE_PATH.into(),
+            headers: client_headers(&created.raw_key),
+            peer: Some("198.51.100.7".into()),
+            tls: false,
+        };
+        Ok(DecideSetup { store, typed, head })
+    }
+
+    fn call(&mut self) -> Result<()> {
+        use bindings::exports::sigma::api_keys::gateway::Decision;
+        let decided = self
+            .typed
+            .sigma_api_keys_gateway()
+            .call_decide(&mut self.store, &self.head)?;
+        match decided.decision {
+            Decision::Forward(_) => Ok(()),
+            other => bail!("decide did not forward: {other:?}"),
+        }
+    }
+}
+
 /// Median ns per `gateway.decide` that forwards a request with
 /// [`client_headers`], with `call`: what the component costs the gateway
 /// for each request it lets through, the crossing both ways included.
 pub fn decide(calls: usize, runs: usize) -> Result<f64> {
-    use bindings::exports::sigma::api_keys::gateway::{Decision, RequestHead};
-    let engine = engine()?;
-    let component = Component::new(&engine, sigma_keys::runtime::COMPONENT)?;
-    let mut linker: Linker<Ctx> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| WasiConfig::from(&c.config))?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
-    Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-    let config = WasiConfigVariables::from_iter([("upstream", DECIDE_UPSTREAM)]);
-    let mut store = Store::new(&engine, Ctx::with_config(config));
-    store.set_epoch_deadline(u64::MAX / 2);
-    let typed = Typed::instantiate(&mut store, &component, &linker)?;
-    let created = typed
-        .sigma_api_keys_keys()
-        .call_create(
-            &mut store,
-            "acme",
-            "bench",
-            &[keys::Permission::Read],
-            None,
-            &cli(),
-        )?
-        .map_err(|e| anyhow!("create: {}", e.message))?;
-    let head = RequestHead {
-        method: "GET".into(),
-        path_with_query: DECIDE_PATH.into(),
-        headers: client_headers(&created.raw_key),
-        peer: Some("198.51.100.7".into()),
-        tls: false,
-    };
-    let gateway = typed.sigma_api_keys_gateway();
-    crate::median_ns(runs, calls, || {
-        match gateway.call_decide(&mut store, &head)?.decision {
+    let mut setup = DecideSetup::new()?;
+    crate::median_ns(runs, calls, || setup.call())
+}
+
+/// Makes `calls` decides in the component, then in the domain natively,
+/// each loop in a function of its own, for instruction counts that machine
+/// noise does not move: `valgrind --tool=callgrind sigma-keys-bench
+/// decide-calls N`, then the inclusive counts of `component_decide_loop`
+/// and `native_decide_loop` divided by N.
+pub fn decide_calls(calls: usize) -> Result<()> {
+    let mut setup = DecideSetup::new()?;
+    // Warm: the first call reads the settings and fills the guest's heap.
+    setup.call()?;
+    component_decide_loop(&mut setup, calls)?;
+    let mut native = NativeDecide::new()?;
+    native.call()?;
+    native_decide_loop(&mut native, calls)
+}
+
+#[inline(never)]
+fn component_decide_loop(setup: &mut DecideSetup, calls: usize) -> Result<()> {
+    for _ in 0..calls {
+        setup.call()?;
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn native_decide_loop(native: &mut NativeDecide, calls: usize) -> Result<()> {
+    for _ in 0..calls {
+        native.call()?;
+    }
+    Ok(())
+}
+
+/// The domain's `api::decide` natively, over an in-memory store with a key.
+struct NativeDecide {
+    store: sigma_keys_guest::domain::memory::MemoryStore,
+    settings: sigma_keys_guest::domain::api::Settings,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl NativeDecide {
+    fn new() -> Result<NativeDecide> {
+        use sigma_keys_guest::domain::api::Settings;
+        use sigma_keys_guest::domain::events::Actor;
+        use sigma_keys_guest::domain::keys::{self as domain_keys, NewKey};
+        use sigma_keys_guest::domain::permission::Permission;
+        use sigma_keys_guest::domain::upstream::Upstream;
+
+        let store = sigma_keys_guest::domain::memory::MemoryStore::default();
+        let new = NewKey {
+            name: "bench",
+            permissions: &[Permission::Read],
+            expires_at: None,
+        };
+        let (_, raw) = domain_keys::create(&store, "acme", &new, &Actor::cli(), 10)
+            .map_err(|e| anyhow!("create: {}", e.message))?;
+        let settings = Settings {
+            upstream: Some(Upstream::parse(DECIDE_UPSTREAM).map_err(|e| anyhow!(e))?),
+            ..Settings::default()
+        };
+        let headers = client_headers(raw.expose());
+        Ok(NativeDecide {
+            store,
+            settings,
+            headers,
+        })
+    }
+
+    fn call(&mut self) -> Result<()> {
+        use sigma_keys_guest::domain::api::{self, Caller, Decision, RequestHead};
+        let head = RequestHead {
+            method: "GET",
+            path_with_query: DECIDE_PATH,
+            headers: &self.headers,
+            peer: Some("198.51.100.7"),
+            tls: false,
+        };
+        let mut caller = Caller::default();
+        match std::hint::black_box(api::decide(&self.store, &self.settings, &head, &mut caller)) {
             Decision::Forward(_) => Ok(()),
             other => bail!("decide did not forward: {other:?}"),
         }
-    })
+    }
 }
 
 /// Median ns per `api::decide` of the same request, natively: the domain
 /// work the component's `decide` wraps.
 pub fn native_decide(calls: usize, runs: usize) -> Result<f64> {
-    use sigma_keys_guest::domain::api::{self, Caller, Decision, RequestHead, Settings};
-    use sigma_keys_guest::domain::events::Actor;
-    use sigma_keys_guest::domain::keys::{self as domain_keys, NewKey};
-    use sigma_keys_guest::domain::memory::MemoryStore as DomainStore;
-    use sigma_keys_guest::domain::permission::Permission;
-    use sigma_keys_guest::domain::upstream::Upstream;
-
-    let store = DomainStore::default();
-    let new = NewKey {
-        name: "bench",
-        permissions: &[Permission::Read],
-        expires_at: None,
-    };
-    let (_, raw) = domain_keys::create(&store, "acme", &new, &Actor::cli(), 10)
-        .map_err(|e| anyhow!("create: {}", e.message))?;
-    let settings = Settings {
-        upstream: Some(Upstream::parse(DECIDE_UPSTREAM).map_err(|e| anyhow!(e))?),
-        ..Settings::default()
-    };
-    let headers = client_headers(raw.expose());
-    crate::median_ns(runs, calls, || {
-        let head = RequestHead {
-            method: "GET",
-            path_with_query: DECIDE_PATH,
-            headers: &headers,
-            peer: Some("198.51.100.7"),
-            tls: false,
-        };
-        let mut caller = Caller::default();
-        match std::hint::black_box(api::decide(&store, &settings, &head, &mut caller)) {
-            Decision::Forward(_) => Ok(()),
-            other => bail!("decide did not forward: {other:?}"),
-        }
-    })
+    let mut native = NativeDecide::new()?;
+    crate::median_ns(runs, calls, || native.call())
 }
 
 fn cli() -> keys::Actor {

@@ -254,6 +254,11 @@ fn main() -> Result<()> {
                 .parse()?;
             return servers::plain_proxy_per_core(upstream);
         }
+        // `gateway.decide` in a loop, for callgrind (see boundary::decide_calls).
+        Some("decide-calls") => {
+            let calls: usize = std::env::args().nth(2).context("decide-calls N")?.parse()?;
+            return boundary::decide_calls(calls);
+        }
         _ => {}
     }
     let o = options()?;
