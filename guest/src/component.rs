@@ -541,7 +541,8 @@ impl gateway::Guest for Component {
                 },
                 authority: plan.upstream.authority,
                 path_with_query: plan.path_with_query,
-                headers: plan.headers,
+                remove: plan.remove,
+                add: plan.add,
                 timeout_ms: settings().upstream_timeout_ms,
             }),
             Decision::Handle => {
@@ -740,7 +741,7 @@ impl exports::wasi::http::incoming_handler::Guest for Component {
         identify(&caller);
         match outcome {
             Outcome::Reply(reply) => send_reply(out, &reply),
-            Outcome::Forward(plan) => forward(&request, &method, plan, out),
+            Outcome::Forward(plan) => forward(&request, &method, &headers, plan, out),
         }
     }
 }
@@ -819,8 +820,14 @@ fn pump(input: &InputStream, output: &OutputStream) -> bool {
     }
 }
 
-fn forward(request: &IncomingRequest, method: &str, plan: api::Forward, out: ResponseOutparam) {
-    let Ok(fields) = Fields::from_list(&plan.headers) else {
+fn forward(
+    request: &IncomingRequest,
+    method: &str,
+    client_headers: &[(String, Vec<u8>)],
+    plan: api::Forward,
+    out: ResponseOutparam,
+) {
+    let Ok(fields) = Fields::from_list(&plan.headers(client_headers)) else {
         reply_error(
             out,
             &ApiError::invalid_request("the request has a header that cannot be forwarded"),

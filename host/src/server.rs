@@ -679,14 +679,14 @@ async fn respond(
         }
         Decision::Forward(plan) => {
             let hop_by_hop = runtime.hop_by_hop(&mut instance).await?;
-            match upstream_target(&plan) {
-                Some((uri, headers)) => {
+            match UpstreamTarget::of(&plan) {
+                Some(target) => {
                     runtime.give_back(instance);
-                    let (parts, body) = req.into_parts();
+                    let (mut parts, body) = req.into_parts();
                     let mut upstream = Request::new(body);
                     *upstream.method_mut() = parts.method;
-                    *upstream.uri_mut() = uri;
-                    *upstream.headers_mut() = headers;
+                    *upstream.uri_mut() = target.apply(&mut parts.headers);
+                    *upstream.headers_mut() = parts.headers;
                     forward(runtime, upstream, &plan, &hop_by_hop, caller).await
                 }
                 // Headers that HTTP cannot carry: the handler refuses them itself.
@@ -836,24 +836,63 @@ fn reply_response(reply: Reply) -> Response<HyperOutgoingBody> {
     response
 }
 
-/// The upstream URI and headers of a plan; none if they are not valid HTTP.
-fn upstream_target(plan: &Forward) -> Option<(hyper::Uri, HeaderMap)> {
-    let scheme = match plan.scheme {
-        UpstreamScheme::Http => "http",
-        UpstreamScheme::Https => "https",
-    };
-    let uri = format!("{scheme}://{}{}", plan.authority, plan.path_with_query)
-        .parse::<hyper::Uri>()
-        .ok()?;
-    let mut headers = HeaderMap::with_capacity(plan.headers.len() + 1);
-    headers.insert(HOST, HeaderValue::from_str(&plan.authority).ok()?);
-    for (name, value) in &plan.headers {
-        headers.append(
-            HeaderName::from_bytes(name.as_bytes()).ok()?,
-            HeaderValue::from_bytes(value).ok()?,
-        );
+/// A plan's upstream URI and header changes, checked to be valid HTTP
+/// before the client's request is touched.
+struct UpstreamTarget {
+    uri: hyper::Uri,
+    host: HeaderValue,
+    remove: Vec<HeaderName>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl UpstreamTarget {
+    /// None if the plan's URI, a name or a value is not valid HTTP: then the
+    /// `wasi:http` handler takes the request and refuses it itself.
+    fn of(plan: &Forward) -> Option<UpstreamTarget> {
+        let scheme = match plan.scheme {
+            UpstreamScheme::Http => "http",
+            UpstreamScheme::Https => "https",
+        };
+        let uri = format!("{scheme}://{}{}", plan.authority, plan.path_with_query)
+            .parse::<hyper::Uri>()
+            .ok()?;
+        let remove = plan
+            .remove
+            .iter()
+            .map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let add = plan
+            .add
+            .iter()
+            .map(|(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_bytes(value).ok()?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(UpstreamTarget {
+            uri,
+            host: HeaderValue::from_str(&plan.authority).ok()?,
+            remove,
+            add,
+        })
     }
-    Some((uri, headers))
+
+    /// Turns the client's headers into the upstream's: every header of each
+    /// removed name goes (`HeaderMap` names are lower-case, and `remove`
+    /// drops all of a name's values), `host` names the upstream, and the
+    /// gateway's own headers follow. Returns the URI to request.
+    fn apply(self, headers: &mut HeaderMap) -> hyper::Uri {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        headers.insert(HOST, self.host);
+        for (name, value) in self.add {
+            headers.append(name, value);
+        }
+        self.uri
+    }
 }
 
 /// Sends the request upstream and streams the answer back.
@@ -1013,4 +1052,83 @@ fn host_error(e: HostError) -> Response<HyperOutgoingBody> {
         headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(remove: &[&str], add: &[(&str, &[u8])]) -> Forward {
+        Forward {
+            scheme: UpstreamScheme::Http,
+            authority: "upstream.internal:8080".into(),
+            path_with_query: "/base/api/v1/records?x=1".into(),
+            remove: remove.iter().map(|n| (*n).to_owned()).collect(),
+            add: add
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+                .collect(),
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn every_header_of_a_removed_name_goes_and_the_gateway_sets_its_own() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "client.example"),
+            ("x-sigma-tenant", "globex"),
+            ("accept", "text/plain"),
+            ("x-sigma-tenant", "initech"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-hop", "2"),
+            ("accept", "*/*"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let target = UpstreamTarget::of(&plan(
+            &["host", "x-sigma-tenant", "connection", "x-hop"],
+            &[("x-sigma-tenant", b"acme"), ("x-forwarded-proto", b"http")],
+        ))
+        .expect("a valid plan");
+        let uri = target.apply(&mut headers);
+        assert_eq!(
+            uri.to_string(),
+            "http://upstream.internal:8080/base/api/v1/records?x=1"
+        );
+        let mut sent: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+            .collect();
+        sent.sort();
+        assert_eq!(
+            sent,
+            [
+                ("accept", "*/*"),
+                ("accept", "text/plain"),
+                ("host", "upstream.internal:8080"),
+                ("x-forwarded-proto", "http"),
+                ("x-sigma-tenant", "acme"),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_plan_that_is_not_valid_http_is_left_to_the_handler() {
+        for bad in [
+            plan(&["bad name"], &[]),
+            plan(&[], &[("x-sigma-subject", b"a\nb")]),
+            plan(&[], &[("bad name", b"v")]),
+        ] {
+            assert!(UpstreamTarget::of(&bad).is_none());
+        }
+        let mut bad_authority = plan(&[], &[]);
+        bad_authority.authority = "a b".into();
+        assert!(UpstreamTarget::of(&bad_authority).is_none());
+    }
 }

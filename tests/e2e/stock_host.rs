@@ -137,13 +137,19 @@ fn the_composed_component_runs_under_wasmtime_serve() {
         addr,
         "GET",
         "/api/v1/records?x=1",
-        &[("X-Sigma-ApiKey", &raw)],
+        &[
+            ("X-Sigma-ApiKey", &raw),
+            ("X-Sigma-Tenant", "globex"),
+            ("X-Custom", "kept"),
+        ],
         None,
     );
     assert_eq!(forwarded.status, 200, "{}", forwarded.text());
     let echo = forwarded.json();
     assert_eq!(echo["path"], "/pim/api/v1/records?x=1");
     assert_eq!(echo["headers"]["x-sigma-tenant"], json!(["acme"]));
+    assert_eq!(echo["headers"]["x-custom"], json!(["kept"]));
+    assert!(echo["headers"].get("x-sigma-apikey").is_none());
     assert_eq!(
         echo["headers"]["x-sigma-key-id"],
         json!(["apikey-seeded0000000000"])

@@ -9,8 +9,8 @@ use super::events::{self, Actor, Via};
 use super::forward_auth::{self, Convention, ERROR_HEADER, STATUS_HEADER};
 use super::framing;
 use super::headers::{
-    API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, IDENTITY_HEADERS,
-    end_to_end_headers, is_owned, is_plain_authority,
+    API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, IDENTITY_HEADERS, is_owned,
+    is_plain_authority, not_forwarded, without,
 };
 use super::jwt::{self, Principal, TokenRules};
 use super::key_set::KeySetSource;
@@ -162,12 +162,27 @@ pub struct Reply {
     pub body: Value,
 }
 
-/// A request to pass on to the upstream.
+/// A request to pass on to the upstream: the client's headers, less every
+/// header named in `remove`, then `add`. Only the changes cross the
+/// component boundary, not every header twice.
 #[derive(Debug)]
 pub struct Forward {
     pub upstream: Upstream,
     pub path_with_query: String,
-    pub headers: Headers,
+    /// Lower-case names, each once, of the client's headers not to pass on:
+    /// every header of each name goes, whatever its case.
+    pub remove: Vec<String>,
+    /// The headers the gateway sets upstream, after the client's.
+    pub add: Headers,
+}
+
+impl Forward {
+    /// The headers to send upstream for a request with these headers.
+    pub fn headers(&self, client: &[(String, Vec<u8>)]) -> Headers {
+        let mut headers = without(client, &self.remove);
+        headers.extend(self.add.iter().cloned());
+        headers
+    }
 }
 
 /// What to do with a request.
@@ -1044,30 +1059,33 @@ fn resource(
             "This server has no upstream configured; start it with --upstream URL.",
         ));
     };
-    let mut headers = end_to_end_headers(head.headers);
     // The gateway owns identity, forwarding and method-override headers; a
     // Bearer request keeps its Authorization, an API key is never passed on.
-    headers.retain(|(name, _)| !is_owned(name) && (keep_authorization || name != "authorization"));
-    headers.extend(
+    let remove = not_forwarded(head.headers, |name| {
+        is_owned(name) || (!keep_authorization && name == "authorization")
+    });
+    let mut add: Headers = Vec::with_capacity(identity.len() + 3);
+    add.extend(
         identity
             .into_iter()
             .map(|(n, v)| (n.to_owned(), v.into_bytes())),
     );
     if let Some(peer) = head.peer {
-        headers.push((FORWARDED_FOR.to_owned(), peer.as_bytes().to_vec()));
+        add.push((FORWARDED_FOR.to_owned(), peer.as_bytes().to_vec()));
     }
     let proto: &[u8] = if head.tls { b"https" } else { b"http" };
-    headers.push((FORWARDED_PROTO.to_owned(), proto.to_vec()));
+    add.push((FORWARDED_PROTO.to_owned(), proto.to_vec()));
     let hosts: Vec<&[u8]> = head.values("host").collect();
     if let [host] = hosts.as_slice()
         && is_plain_authority(host)
     {
-        headers.push((FORWARDED_HOST.to_owned(), host.to_vec()));
+        add.push((FORWARDED_HOST.to_owned(), host.to_vec()));
     }
     Ok(Outcome::Forward(Forward {
         path_with_query: upstream.path_for(head.path_with_query),
         upstream,
-        headers,
+        remove,
+        add,
     }))
 }
 

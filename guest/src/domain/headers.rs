@@ -1,6 +1,8 @@
 //! The header names the gateway reads, sets and owns, as data, and the rules
 //! for which client headers may reach the upstream.
 
+use std::borrow::Cow;
+
 /// The header that carries a raw key.
 pub const API_KEY_HEADER: &str = "x-sigma-apikey";
 
@@ -60,10 +62,13 @@ pub fn is_owned(name: &str) -> bool {
         || OWNED_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// Drops hop-by-hop headers, including any the `Connection` header names.
-/// Names come back lower-case.
-pub fn end_to_end_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
-    let named: Vec<String> = headers
+/// The lower-case names, each once, of the headers in `headers` that a
+/// proxy must not pass on: hop-by-hop headers, those the `Connection` header
+/// names, and those `drop` refuses (it sees lower-case names). Since every
+/// rule is about the name alone, removing every header of these names,
+/// whatever its case, leaves exactly the headers to pass on.
+pub fn not_forwarded(headers: &[(String, Vec<u8>)], drop: impl Fn(&str) -> bool) -> Vec<String> {
+    let nominated: Vec<String> = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
         .flat_map(|(_, v)| {
@@ -73,11 +78,37 @@ pub fn end_to_end_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>
                 .collect::<Vec<_>>()
         })
         .collect();
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in headers {
+        let name: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        };
+        let refused = HOP_BY_HOP.contains(&name.as_ref())
+            || nominated.iter().any(|n| *n == name)
+            || drop(&name);
+        if refused && !names.iter().any(|n| *n == name) {
+            names.push(name.into_owned());
+        }
+    }
+    names
+}
+
+/// The headers of `headers` that are not among `names` (lower-case), with
+/// lower-case names: what is left after removing every header of each name.
+pub fn without(headers: &[(String, Vec<u8>)], names: &[String]) -> Vec<(String, Vec<u8>)> {
     headers
         .iter()
+        .filter(|(n, _)| !names.iter().any(|r| r.eq_ignore_ascii_case(n)))
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
-        .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(n))
         .collect()
+}
+
+/// Drops hop-by-hop headers, including any the `Connection` header names.
+/// Names come back lower-case.
+pub fn end_to_end_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    without(headers, &not_forwarded(headers, |_| false))
 }
 
 /// A `Host` value we are willing to repeat as `X-Forwarded-Host`: a host
@@ -124,6 +155,43 @@ mod tests {
         {
             assert!(is_owned(identity), "{identity}");
         }
+    }
+
+    fn list(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn names_not_forwarded_come_once_lower_case_whatever_the_case_sent() {
+        let headers = list(&[
+            ("Connection", "X-Hop, keep-alive"),
+            ("connection", "x-OTHER"),
+            ("X-Hop", "1"),
+            ("x-hop", "2"),
+            ("X-Other", "3"),
+            ("X-Sigma-Tenant", "globex"),
+            ("x-sigma-tenant", "initech"),
+            ("Host", "a.example"),
+            ("Accept", "*/*"),
+            ("accept", "text/plain"),
+        ]);
+        let names = not_forwarded(&headers, is_owned);
+        assert_eq!(
+            names,
+            ["connection", "x-hop", "x-other", "x-sigma-tenant", "host"]
+        );
+        assert_eq!(
+            without(&headers, &names),
+            list(&[("accept", "*/*"), ("accept", "text/plain")])
+        );
+        // Removal is by name, whatever the case on either side.
+        assert_eq!(
+            without(&headers, &["ACCEPT".to_owned()]).len(),
+            headers.len() - 2
+        );
     }
 
     #[test]

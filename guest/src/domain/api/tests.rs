@@ -103,12 +103,28 @@ impl Call<'_> {
         }
     }
 
-    fn forward(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Forward {
+    /// What the upstream receives for a request the gateway forwards.
+    fn forward(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Sent {
         match self.run(method, path, headers, "").0 {
-            Outcome::Forward(f) => f,
+            Outcome::Forward(plan) => {
+                let client: Vec<(String, Vec<u8>)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                    .collect();
+                Sent {
+                    headers: plan.headers(&client),
+                    path_with_query: plan.path_with_query,
+                }
+            }
             Outcome::Reply(r) => panic!("expected a forward, got {r:?}"),
         }
     }
+}
+
+/// A forwarded request as the upstream receives it.
+struct Sent {
+    path_with_query: String,
+    headers: Headers,
 }
 
 fn code(r: &Reply) -> &str {
