@@ -887,6 +887,8 @@ impl UpstreamTarget {
         for name in &self.remove {
             headers.remove(name);
         }
+        // One growth at most: the map was sized for the client's headers.
+        headers.reserve(self.add.len() + 1);
         headers.insert(HOST, self.host);
         for (name, value) in self.add {
             headers.append(name, value);
