@@ -193,9 +193,42 @@ fn engine() -> Result<Engine> {
 /// A store with a deadline far away: epoch interruption is on, as in the
 /// host, and nothing ticks the epoch here.
 fn new_store(engine: &Engine) -> Store<Ctx> {
-    let mut store = Store::new(engine, Ctx::new());
+    store_with(engine, Ctx::new())
+}
+
+fn store_with(engine: &Engine, ctx: Ctx) -> Store<Ctx> {
+    let mut store = Store::new(engine, ctx);
     store.set_epoch_deadline(u64::MAX / 2);
     store
+}
+
+/// The embedded component instantiated for `call`, with this `wasi:config`,
+/// and a key of acme's with `read`: the store, the exports and the raw key.
+fn typed_sync(
+    engine: &Engine,
+    component: &Component,
+    config: WasiConfigVariables,
+) -> Result<(Store<Ctx>, Typed, String)> {
+    let mut linker: Linker<Ctx> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| WasiConfig::from(&c.config))?;
+    // The `service` world's wasi:http, unused by typed calls, linked as the host links it.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+    Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
+    let mut store = store_with(engine, Ctx::with_config(config));
+    let typed = Typed::instantiate(&mut store, component, &linker)?;
+    let created = typed
+        .sigma_api_keys_keys()
+        .call_create(
+            &mut store,
+            "acme",
+            "bench",
+            &[keys::Permission::Read],
+            None,
+            &cli(),
+        )?
+        .map_err(|e| anyhow!("create: {}", e.message))?;
+    Ok((store, typed, created.raw_key))
 }
 
 /// The upstream the `decide` figures forward to; nothing is sent to it.
@@ -237,34 +270,14 @@ struct DecideSetup {
 
 impl DecideSetup {
     fn new() -> Result<DecideSetup> {
+        let config = WasiConfigVariables::from_iter([("upstream", DECIDE_UPSTREAM)]);
         let engine = engine()?;
         let component = Component::new(&engine, sigma_keys::runtime::COMPONENT)?;
-        let mut linker: Linker<Ctx> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| {
-            WasiConfig::from(&c.config)
-        })?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
-        Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-        let config = WasiConfigVariables::from_iter([("upstream", DECIDE_UPSTREAM)]);
-        let mut store = Store::new(&engine, Ctx::with_config(config));
-        store.set_epoch_deadline(u64::MAX / 2);
-        let typed = Typed::instantiate(&mut store, &component, &linker)?;
-        let created = typed
-            .sigma_api_keys_keys()
-            .call_create(
-                &mut store,
-                "acme",
-                "bench",
-                &[keys::Permission::Read],
-                None,
-                &cli(),
-            )?
-            .map_err(|e| anyhow!("create: {}", e.message))?;
+        let (store, typed, raw_key) = typed_sync(&engine, &component, config)?;
         let head = bindings::exports::sigma::api_keys::gateway::RequestHead {
             method: "GET".into(),
             path_with_query: DECIDE_PATH.into(),
-            headers: client_headers(&created.raw_key),
+            headers: client_headers(&raw_key),
             peer: Some("198.51.100.7".into()),
             tls: false,
         };
@@ -400,26 +413,13 @@ fn check_route(answer: Result<keys::Permission, keys::Error>) -> Result<()> {
 pub fn component(rt: &tokio::runtime::Runtime, calls: usize, runs: usize) -> Result<Figures> {
     let engine = engine()?;
     let component = Component::new(&engine, sigma_keys::runtime::COMPONENT)?;
-    let read = [keys::Permission::Read];
-
-    let mut linker: Linker<Ctx> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    wasmtime_wasi_config::add_to_linker(&mut linker, |c: &mut Ctx| WasiConfig::from(&c.config))?;
-    // The `service` world's wasi:http, unused by typed calls, linked as the host links it.
-    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
-    Typed::add_to_linker::<Ctx, HasSelf<Ctx>>(&mut linker, |c| c)?;
-    let mut store = new_store(&engine);
-    let typed = Typed::instantiate(&mut store, &component, &linker)?;
-    let created = typed
-        .sigma_api_keys_keys()
-        .call_create(&mut store, "acme", "bench", &read, None, &cli())?
-        .map_err(|e| anyhow!("create: {}", e.message))?;
+    let (mut store, typed, raw_key) = typed_sync(&engine, &component, WasiConfigVariables::new())?;
     let auth = typed.sigma_api_keys_auth();
     let call_sync = crate::median_ns(runs, calls, || {
         check_route(auth.call_required_permission(&mut store, "GET", "/api/v1/records")?)
     })?;
     let verify_sync = crate::median_ns(runs, calls, || {
-        auth.call_verify(&mut store, &created.raw_key, keys::Permission::Read)?
+        auth.call_verify(&mut store, &raw_key, keys::Permission::Read)?
             .map_err(|e| anyhow!("verify: {}", e.message))?;
         Ok(())
     })?;
