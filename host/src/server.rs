@@ -849,13 +849,19 @@ impl UpstreamTarget {
     /// None if the plan's URI, a name or a value is not valid HTTP: then the
     /// `wasi:http` handler takes the request and refuses it itself.
     fn of(plan: &Forward) -> Option<UpstreamTarget> {
-        let scheme = match plan.scheme {
-            UpstreamScheme::Http => "http",
-            UpstreamScheme::Https => "https",
-        };
-        let uri = format!("{scheme}://{}{}", plan.authority, plan.path_with_query)
-            .parse::<hyper::Uri>()
-            .ok()?;
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(match plan.scheme {
+            UpstreamScheme::Http => hyper::http::uri::Scheme::HTTP,
+            UpstreamScheme::Https => hyper::http::uri::Scheme::HTTPS,
+        });
+        // Each part parsed once, from the plan's own string; the path must
+        // be absolute, so nothing in it can read as part of the authority.
+        uri.authority = Some(plan.authority.parse().ok()?);
+        if !plan.path_with_query.starts_with('/') {
+            return None;
+        }
+        uri.path_and_query = Some(plan.path_with_query.parse().ok()?);
+        let uri = hyper::Uri::from_parts(uri).ok()?;
         let remove = plan
             .remove
             .iter()
@@ -1132,5 +1138,12 @@ mod tests {
         let mut bad_authority = plan(&[], &[]);
         bad_authority.authority = "a b".into();
         assert!(UpstreamTarget::of(&bad_authority).is_none());
+        // A path that does not start with `/` could read as part of the
+        // authority (`http://upstream@evil.example/`): refused.
+        for path in ["@evil.example/", "", "?x=1", "evil"] {
+            let mut relative = plan(&[], &[]);
+            relative.path_with_query = path.into();
+            assert!(UpstreamTarget::of(&relative).is_none(), "{path:?}");
+        }
     }
 }

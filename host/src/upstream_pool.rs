@@ -6,7 +6,6 @@
 //! response body has been read to its end. HTTPS goes through wasmtime's
 //! default client unchanged.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::http::uri::{Authority, Uri};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
@@ -30,23 +30,28 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Drives a connection that is not pooled; it must be spawned.
 pub type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
-/// Idle upstream connections by serving thread and `host:port`. A
+/// Idle upstream connections by serving thread and upstream authority. A
 /// connection is driven by a task on the thread that opened it, so it is
 /// only ever reused by that thread: no request wakes another thread.
+///
+/// Lists, not hash maps: there is one entry per serving thread (one per
+/// core) and per upstream (usually one), so a scan of a few entries is
+/// cheaper than hashing a key twice per request.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<ThreadId, IdleByAuthority>>,
+    idle: Mutex<Vec<(ThreadId, IdleByAuthority)>>,
 }
 
-/// One thread's idle connections, by `host:port`.
-type IdleByAuthority = HashMap<String, Vec<SendRequest<WasiBody>>>;
+/// One thread's idle connections, by authority (`Authority` compares
+/// host names without regard to case).
+type IdleByAuthority = Vec<(Authority, Vec<SendRequest<WasiBody>>)>;
 
 impl UpstreamPool {
-    fn take(&self, authority: &str) -> Option<SendRequest<WasiBody>> {
+    fn take(&self, authority: &Authority) -> Option<SendRequest<WasiBody>> {
         let mut idle = self.idle.lock().ok()?;
-        let list = idle
-            .get_mut(&std::thread::current().id())?
-            .get_mut(authority)?;
+        let thread = std::thread::current().id();
+        let (_, by_authority) = idle.iter_mut().find(|(t, _)| *t == thread)?;
+        let (_, list) = by_authority.iter_mut().find(|(a, _)| a == authority)?;
         while let Some(sender) = list.pop() {
             if sender.is_ready() {
                 return Some(sender);
@@ -55,19 +60,17 @@ impl UpstreamPool {
         None
     }
 
-    fn give_back(&self, authority: String, sender: SendRequest<WasiBody>) {
+    fn give_back(&self, authority: Authority, sender: SendRequest<WasiBody>) {
         if !sender.is_ready() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            let list = idle
-                .entry(std::thread::current().id())
-                .or_default()
-                .entry(authority)
-                .or_default();
-            if list.len() < MAX_IDLE_PER_AUTHORITY {
-                list.push(sender);
-            }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let by_authority = entry(&mut idle, std::thread::current().id());
+        let list = entry(by_authority, authority);
+        if list.len() < MAX_IDLE_PER_AUTHORITY {
+            list.push(sender);
         }
     }
 
@@ -83,11 +86,7 @@ impl UpstreamPool {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             return Ok((response.map(BodyExt::boxed_unsync), Some(Box::new(io))));
         }
-        let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
-        let authority = match authority.port() {
-            Some(_) => authority.to_string(),
-            None => format!("{authority}:80"),
-        };
+        let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?.clone();
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
@@ -98,9 +97,12 @@ impl UpstreamPool {
             .and_then(|o| o.between_bytes_timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
 
-        // The request line carries only the path: we are not talking to a proxy.
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+        // The request line carries only the path: we are not talking to a
+        // proxy. (The path is already parsed; cloning it shares its bytes.)
+        *request.uri_mut() = match uri.path_and_query() {
+            Some(path) => Uri::from(path.clone()),
+            None => Uri::from_static("/"),
+        };
 
         // A pooled connection may have been closed by the upstream meanwhile;
         // hyper hands the unsent request back, and a fresh connection gets it.
@@ -143,8 +145,27 @@ impl UpstreamPool {
     }
 }
 
-async fn connect(authority: &str, timeout: Duration) -> Result<SendRequest<WasiBody>, Error> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
+/// The value for `key` in a short list of pairs, added if missing.
+fn entry<K: PartialEq, V: Default>(list: &mut Vec<(K, V)>, key: K) -> &mut V {
+    let i = match list.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            list.push((key, V::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[i].1
+}
+
+async fn connect(authority: &Authority, timeout: Duration) -> Result<SendRequest<WasiBody>, Error> {
+    let port = authority.port_u16().unwrap_or(80);
+    // `host()` keeps an IPv6 literal's brackets; the resolver wants it bare.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let address = (host, port);
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(stream) => stream.map_err(Error::Connect)?,
         Err(_) => return Err(Error::ConnectionTimeout),
     };
@@ -169,7 +190,7 @@ struct PooledBody {
     /// Armed while the body waits for bytes; most bodies never wait, so
     /// most responses never touch the timer wheel.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    release: Option<(Arc<UpstreamPool>, String, SendRequest<WasiBody>)>,
+    release: Option<(Arc<UpstreamPool>, Authority, SendRequest<WasiBody>)>,
 }
 
 impl Body for PooledBody {
@@ -232,5 +253,46 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // A body dropped half-read leaves its connection mid-response: not reusable.
         self.release_if_done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connects_to_ip_literals_and_host_names() -> anyhow::Result<()> {
+        let mut reached = 0;
+        for (bind, host) in [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("[::1]:0", "[::1]"),
+            ("127.0.0.1:0", "localhost"),
+        ] {
+            // A machine without IPv6 loopback skips that case.
+            let Ok(listener) = tokio::net::TcpListener::bind(bind).await else {
+                continue;
+            };
+            let port = listener.local_addr()?.port();
+            let authority: Authority = format!("{host}:{port}").parse()?;
+            let sender = connect(&authority, Duration::from_secs(5)).await?;
+            let accepted = listener.accept().await?;
+            assert!(accepted.0.peer_addr()?.ip().is_loopback());
+            drop(sender);
+            reached += 1;
+        }
+        assert!(reached >= 2);
+        Ok(())
+    }
+
+    #[test]
+    fn entries_are_found_again_and_added_once() {
+        let mut list: Vec<(Authority, Vec<u8>)> = Vec::new();
+        entry(&mut list, Authority::from_static("a.example:80")).push(1);
+        entry(&mut list, Authority::from_static("b.example:80")).push(2);
+        // Host names compare without regard to case.
+        entry(&mut list, Authority::from_static("A.example:80")).push(3);
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].1, [1, 3]);
+        assert_eq!(list[1].1, [2]);
     }
 }
