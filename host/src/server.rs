@@ -244,7 +244,9 @@ struct Activity {
     /// When the request in flight started, while its body is still arriving;
     /// `NONE` once the whole request is in.
     receiving_since_ms: AtomicU64,
-    /// Wakes the watchdog when a deadline starts, so it never sleeps past one.
+    /// Wakes the watchdog when a body starts to arrive, so it never sleeps
+    /// past the request deadline. (A head needs no wake-up: the watchdog
+    /// never sleeps longer than the header timeout.)
     deadline_started: tokio::sync::Notify,
 }
 
@@ -265,6 +267,25 @@ enum Close {
     Abort,
     /// Idle: close it politely.
     Graceful,
+}
+
+/// Watches one connection's deadlines, and the server's shutdown, from a
+/// task of its own: the connection's task then polls one channel per wake-up
+/// instead of a timer, a notification and the shutdown signal. Ends when it
+/// has said how to close, or when the connection has ended.
+async fn supervise(
+    activity: Arc<Activity>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    mut close: tokio::sync::oneshot::Sender<Close>,
+) {
+    let how = tokio::select! {
+        how = watchdog(activity, limits) => how,
+        // Shutting down: finish the request in flight, then close.
+        _ = stop.wait_for(|stop| *stop) => Close::Graceful,
+        () = close.closed() => return,
+    };
+    let _ = close.send(how);
 }
 
 async fn watchdog(activity: Arc<Activity>, limits: Limits) -> Close {
@@ -298,9 +319,13 @@ async fn watchdog(activity: Arc<Activity>, limits: Limits) -> Close {
             }
             d
         } else {
-            now.saturating_add(idle_ms.min(header_ms))
+            now.saturating_add(idle_ms)
         };
-        let sleep = tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now).max(1)));
+        // A head that starts while this sleeps has its deadline at least
+        // one header timeout from now; waking by then, the watchdog sees it
+        // in time without being woken for every request.
+        let wake = deadline.min(now.saturating_add(header_ms));
+        let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now).max(1)));
         tokio::select! {
             () = sleep => {}
             () = activity.deadline_started.notified() => {}
@@ -314,7 +339,7 @@ async fn connection(
     peer: SocketAddr,
     local: SocketAddr,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let _open = OpenConnection::new();
     let activity = Arc::new(Activity {
@@ -373,8 +398,8 @@ async fn connection(
         .keep_alive(true)
         .serve_connection(io, service);
     tokio::pin!(conn);
-    let dog = watchdog(activity, limits);
-    tokio::pin!(dog);
+    let (close_tx, mut close) = tokio::sync::oneshot::channel();
+    tokio::spawn(supervise(activity, limits, stop, close_tx));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -384,17 +409,14 @@ async fn connection(
                 }
                 return;
             }
-            // Shutting down: finish the request in flight, then close.
-            _ = stop.wait_for(|stop| *stop), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            close = &mut dog, if !closing => match close {
-                Close::Abort => {
+            how = &mut close, if !closing => match how {
+                Ok(Close::Abort) => {
                     tracing::info!(%peer, "closing a connection whose request headers did not arrive in time");
                     return;
                 }
-                Close::Graceful => {
+                // Idle or shutting down: finish the request in flight, then
+                // close. (The supervisor cannot end first while this waits.)
+                Ok(Close::Graceful) | Err(_) => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -500,12 +522,13 @@ impl AsyncRead for WatchedIo {
             a.touch();
             if a.in_flight.load(Ordering::Relaxed) == 0 {
                 // The first bytes of a new request: its headers are now on the clock.
-                if a.head_since_ms
-                    .compare_exchange(NONE, a.now_ms(), Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    a.deadline_started.notify_one();
-                }
+                // The watchdog needs no wake-up for it (see `watchdog`).
+                let _ = a.head_since_ms.compare_exchange(
+                    NONE,
+                    a.now_ms(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
         }
         result

@@ -84,6 +84,38 @@ fn slow_headers_are_cut_off() {
 }
 
 #[test]
+fn slow_headers_on_a_kept_alive_connection_are_cut_off_at_the_header_timeout() {
+    // The connection has served a request and sits idle, its idle deadline
+    // far away; a head that then starts and stalls must still be cut off one
+    // header timeout after its first byte, not at the idle timeout.
+    let server = Server::start(&["--header-timeout", "1s", "--idle-timeout", "30s"]);
+    let stream = TcpStream::connect(server.addr).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    write!(
+        writer,
+        "POST /api/v1/api-keys/verify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .unwrap();
+    assert_eq!(read_reply(&mut reader, false).status, 400);
+    std::thread::sleep(Duration::from_millis(1500));
+    writer
+        .write_all(b"GET /api/v1/api-keys HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut stream = reader.into_inner();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(6)),
+        "still open"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
+
+#[test]
 fn idle_keep_alive_connections_close_after_the_idle_timeout_not_the_header_timeout() {
     let server = Server::start(&["--header-timeout", "1s", "--idle-timeout", "3s"]);
     let stream = TcpStream::connect(server.addr).unwrap();
