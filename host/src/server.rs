@@ -30,6 +30,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HOST, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -355,8 +356,12 @@ async fn connection(
         activity: activity.clone(),
     });
     let service_activity = activity.clone();
+    // The client's address as the component sees it, written out once per
+    // connection rather than once per request.
+    let client: Arc<str> = peer.ip().to_canonical().to_string().into();
     let service = service_fn(move |req: Request<Incoming>| {
         let runtime = runtime.clone();
+        let client = client.clone();
         let activity = service_activity.clone();
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = activity.head_since_ms.swap(NONE, Ordering::Relaxed);
@@ -384,7 +389,7 @@ async fn connection(
         async move {
             // Boxed: the handling future is many KB, and hyper moves the
             // future it is given into place; a box moves as a pointer.
-            let response = Box::pin(handle(&runtime, req, peer, local)).await;
+            let response = Box::pin(handle(&runtime, req, &client, local)).await;
             Ok::<_, Infallible>(response.map(|body| {
                 InFlight {
                     inner: body,
@@ -556,7 +561,7 @@ impl AsyncWrite for WatchedIo {
 async fn handle(
     runtime: &Arc<Runtime>,
     mut req: Request<RequestBody>,
-    peer: SocketAddr,
+    client: &str,
     local: SocketAddr,
 ) -> Response<HyperOutgoingBody> {
     let started = Instant::now();
@@ -571,7 +576,7 @@ async fn handle(
     }
     strip_connection_nominated(req.headers_mut());
     let caller = Arc::new(Mutex::new(Caller::default()));
-    let (response, served) = match respond(runtime, req, peer, caller.clone()).await {
+    let (response, served) = match respond(runtime, req, client, caller.clone()).await {
         Ok(answered) => answered,
         Err(e) if e.is::<Overloaded>() => {
             tracing::warn!(%method, path, "{e}");
@@ -681,12 +686,12 @@ impl Served {
 async fn respond(
     runtime: &Arc<Runtime>,
     req: Request<RequestBody>,
-    peer: SocketAddr,
+    client: &str,
     caller: Arc<Mutex<Caller>>,
 ) -> Result<(Response<HyperOutgoingBody>, Served)> {
     runtime.refresh_key_set_for(req.headers()).await;
     let mut instance = runtime.http_instance(caller.clone()).await?;
-    let head = request_head(&req, peer);
+    let head = request_head(&req, client);
     let Decided { route, decision } = {
         let HttpInstance { store, typed, .. } = &mut instance;
         typed
@@ -702,7 +707,8 @@ async fn respond(
         }
         Decision::Forward(plan) => {
             let hop_by_hop = runtime.hop_by_hop(&mut instance).await?;
-            match UpstreamTarget::of(&plan) {
+            let timeout = Duration::from_millis(plan.timeout_ms);
+            match UpstreamTarget::of(plan) {
                 Some(target) => {
                     runtime.give_back(instance);
                     let (mut parts, body) = req.into_parts();
@@ -710,7 +716,7 @@ async fn respond(
                     *upstream.method_mut() = parts.method;
                     *upstream.uri_mut() = target.apply(&mut parts.headers);
                     *upstream.headers_mut() = parts.headers;
-                    forward(runtime, upstream, &plan, &hop_by_hop, caller).await
+                    forward(runtime, upstream, timeout, &hop_by_hop, caller).await
                 }
                 // Headers that HTTP cannot carry: the handler refuses them itself.
                 None => {
@@ -822,7 +828,8 @@ impl Body for Buffered {
     }
 }
 
-fn request_head(req: &Request<RequestBody>, peer: SocketAddr) -> RequestHead {
+/// The request's head for `decide`; `client` is the peer's IP address.
+fn request_head(req: &Request<RequestBody>, client: &str) -> RequestHead {
     RequestHead {
         method: req.method().as_str().to_owned(),
         path_with_query: req
@@ -834,7 +841,7 @@ fn request_head(req: &Request<RequestBody>, peer: SocketAddr) -> RequestHead {
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect(),
-        peer: Some(peer.ip().to_canonical().to_string()),
+        peer: Some(client.to_owned()),
         tls: false,
     }
 }
@@ -871,7 +878,10 @@ struct UpstreamTarget {
 impl UpstreamTarget {
     /// None if the plan's URI, a name or a value is not valid HTTP: then the
     /// `wasi:http` handler takes the request and refuses it itself.
-    fn of(plan: &Forward) -> Option<UpstreamTarget> {
+    ///
+    /// The plan's strings become the request's parts without being copied
+    /// (`Bytes` takes over each one's allocation); each is still checked.
+    fn of(plan: Forward) -> Option<UpstreamTarget> {
         let mut uri = hyper::http::uri::Parts::default();
         uri.scheme = Some(match plan.scheme {
             UpstreamScheme::Http => hyper::http::uri::Scheme::HTTP,
@@ -879,11 +889,13 @@ impl UpstreamTarget {
         });
         // Each part parsed once, from the plan's own string; the path must
         // be absolute, so nothing in it can read as part of the authority.
-        uri.authority = Some(plan.authority.parse().ok()?);
+        let authority = Bytes::from(plan.authority);
+        uri.authority = Some(Authority::from_maybe_shared(authority.clone()).ok()?);
         if !plan.path_with_query.starts_with('/') {
             return None;
         }
-        uri.path_and_query = Some(plan.path_with_query.parse().ok()?);
+        uri.path_and_query =
+            Some(PathAndQuery::from_maybe_shared(Bytes::from(plan.path_with_query)).ok()?);
         let uri = hyper::Uri::from_parts(uri).ok()?;
         let remove = plan
             .remove
@@ -892,12 +904,15 @@ impl UpstreamTarget {
             .collect::<Option<Vec<_>>>()?;
         let add = plan
             .add
-            .iter()
-            .map(|(name, value)| Some((header_name(name)?, HeaderValue::from_bytes(value).ok()?)))
+            .into_iter()
+            .map(|(name, value)| {
+                let value = HeaderValue::from_maybe_shared(Bytes::from(value)).ok()?;
+                Some((header_name(&name)?, value))
+            })
             .collect::<Option<Vec<_>>>()?;
         Some(UpstreamTarget {
             uri,
-            host: HeaderValue::from_str(&plan.authority).ok()?,
+            host: HeaderValue::from_maybe_shared(authority).ok()?,
             remove,
             add,
         })
@@ -952,11 +967,11 @@ fn header_name(name: &str) -> Option<HeaderName> {
 async fn forward(
     runtime: &Arc<Runtime>,
     upstream: Request<RequestBody>,
-    plan: &Forward,
+    timeout: Duration,
     hop_by_hop: &[HeaderName],
     caller: Arc<Mutex<Caller>>,
 ) -> Result<(Response<HyperOutgoingBody>, Served)> {
-    let timeout = Some(Duration::from_millis(plan.timeout_ms));
+    let timeout = Some(timeout);
     let options = RequestOptions {
         connect_timeout: timeout,
         first_byte_timeout: timeout,
@@ -1147,7 +1162,7 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
-        let target = UpstreamTarget::of(&plan(
+        let target = UpstreamTarget::of(plan(
             &["host", "x-sigma-tenant", "connection", "x-hop"],
             &[("x-sigma-tenant", b"acme"), ("x-forwarded-proto", b"http")],
         ))
@@ -1182,17 +1197,17 @@ mod tests {
             plan(&[], &[("x-sigma-subject", b"a\nb")]),
             plan(&[], &[("bad name", b"v")]),
         ] {
-            assert!(UpstreamTarget::of(&bad).is_none());
+            assert!(UpstreamTarget::of(bad).is_none());
         }
         let mut bad_authority = plan(&[], &[]);
         bad_authority.authority = "a b".into();
-        assert!(UpstreamTarget::of(&bad_authority).is_none());
+        assert!(UpstreamTarget::of(bad_authority).is_none());
         // A path that does not start with `/` could read as part of the
         // authority (`http://upstream@evil.example/`): refused.
         for path in ["@evil.example/", "", "?x=1", "evil"] {
             let mut relative = plan(&[], &[]);
             relative.path_with_query = path.into();
-            assert!(UpstreamTarget::of(&relative).is_none(), "{path:?}");
+            assert!(UpstreamTarget::of(relative).is_none(), "{path:?}");
         }
     }
 
