@@ -526,25 +526,28 @@ enum Credential<'a> {
 }
 
 fn credential<'h>(head: &'h RequestHead<'_>) -> Result<Credential<'h>, ApiError> {
-    let keys: Vec<&[u8]> = head.values(API_KEY_HEADER).collect();
-    let auths: Vec<&[u8]> = head.values("authorization").collect();
-    if !keys.is_empty() && !auths.is_empty() {
+    // The first of each and whether there is a second: no list is needed.
+    let mut keys = head.values(API_KEY_HEADER);
+    let mut auths = head.values("authorization");
+    let (key, another_key) = (keys.next(), keys.next().is_some());
+    let (auth, another_auth) = (auths.next(), auths.next().is_some());
+    if key.is_some() && auth.is_some() {
         return Err(ApiError::new(
             ErrorCode::AmbiguousCredentials,
             "Send either an X-Sigma-ApiKey header or an Authorization header, not both.",
         ));
     }
-    if keys.len() > 1 || auths.len() > 1 {
+    if another_key || another_auth {
         return Err(ApiError::new(
             ErrorCode::AmbiguousCredentials,
             "Send exactly one credential header.",
         ));
     }
-    if let Some(key) = keys.first() {
+    if let Some(key) = key {
         // A non-UTF-8 key is simply not a key; the format check refuses it.
         return Ok(Credential::ApiKey(std::str::from_utf8(key).unwrap_or("")));
     }
-    if let Some(auth) = auths.first() {
+    if let Some(auth) = auth {
         let auth = std::str::from_utf8(auth).unwrap_or("");
         let (scheme, token) = auth.split_once(' ').unwrap_or((auth, ""));
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {

@@ -615,21 +615,35 @@ fn note_use(store: &dyn KeyStore, record: &KeyRecord, now: Millis) {
     }
 }
 
-fn require(record: KeyRecord, permission: Permission, what: &str) -> Result<Verified, ApiError> {
+/// The key, if it has `permission`. `method` names the request that needs
+/// it in the refusal, when there is one.
+fn require(
+    record: KeyRecord,
+    permission: Permission,
+    method: Option<&str>,
+) -> Result<Verified, ApiError> {
     if record.permissions.contains(&permission) {
         Ok(Verified {
             key: record,
             permission,
         })
     } else {
-        Err(ApiError::new(
-            ErrorCode::InsufficientPermission,
-            format!(
-                "The API key {} lacks the {permission} permission{what}. Create a key that has it.",
-                record.id
-            ),
-        ))
+        Err(lacks(&record.id, permission, method))
     }
+}
+
+/// The refusal of a key without the permission; written only when a key is
+/// refused, not for every request that is let through.
+#[cold]
+#[inline(never)]
+fn lacks(id: &str, permission: Permission, method: Option<&str>) -> ApiError {
+    let what = method.map_or(String::new(), |m| format!(" that {m} on this path needs"));
+    ApiError::new(
+        ErrorCode::InsufficientPermission,
+        format!(
+            "The API key {id} lacks the {permission} permission{what}. Create a key that has it."
+        ),
+    )
 }
 
 pub fn verify(
@@ -638,7 +652,7 @@ pub fn verify(
     permission: Permission,
 ) -> Result<Verified, ApiError> {
     let record = authenticate(store, raw)?;
-    require(record, permission, "")
+    require(record, permission, None)
 }
 
 /// Credential first (401), then route (404/405), then permission (403).
@@ -654,11 +668,7 @@ pub fn authorize(
 /// Route (404/405), then permission (403), for a key that authenticated.
 pub fn permit(record: KeyRecord, method: &str, path: &str) -> Result<Verified, ApiError> {
     let permission = required_permission(method, path)?;
-    require(
-        record,
-        permission,
-        &format!(" that {method} on this path needs"),
-    )
+    require(record, permission, Some(method))
 }
 
 /// The permission a request needs, as an API error.
@@ -1207,7 +1217,7 @@ mod tests {
     #[test]
     fn authorize_checks_credential_then_route_then_permission() {
         let store = MemoryStore::default();
-        let (_, raw) = create(&store, "acme", "sync", &[Read, UpdateData]).unwrap();
+        let (rec, raw) = create(&store, "acme", "sync", &[Read, UpdateData]).unwrap();
         assert_eq!(
             code(authorize(&store, "bad", "GET", "/api/v1/nothing")),
             ErrorCode::InvalidApiKey
@@ -1223,6 +1233,21 @@ mod tests {
         let denied = authorize(&store, raw.expose(), "DELETE", "/api/v1/records/r1").unwrap_err();
         assert_eq!(denied.code, ErrorCode::InsufficientPermission);
         assert!(denied.message.contains("delete-data"), "{}", denied.message);
+        // The refusal names the request that needs the permission; a plain
+        // verify names none.
+        let id = &rec.id;
+        assert_eq!(
+            denied.message,
+            format!(
+                "The API key {id} lacks the delete-data permission that DELETE on this path \
+                 needs. Create a key that has it."
+            )
+        );
+        let plain = verify(&store, raw.expose(), DeleteData).unwrap_err();
+        assert_eq!(
+            plain.message,
+            format!("The API key {id} lacks the delete-data permission. Create a key that has it.")
+        );
         let ok = authorize(
             &store,
             raw.expose(),
