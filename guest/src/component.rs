@@ -541,8 +541,12 @@ impl gateway::Guest for Component {
                 },
                 authority: plan.upstream.authority,
                 path_with_query: plan.path_with_query,
-                remove: plan.remove,
-                add: plan.add,
+                remove: pack(plan.remove.iter().map(String::as_bytes)),
+                add: pack(
+                    plan.add
+                        .iter()
+                        .flat_map(|(name, value)| [name.as_bytes(), value.as_slice()]),
+                ),
                 timeout_ms: settings().upstream_timeout_ms,
             }),
             Decision::Handle => {
@@ -565,6 +569,19 @@ impl gateway::Guest for Component {
             .map(|n| (*n).to_owned())
             .collect()
     }
+}
+
+/// `parts` back to back, as the WIT `packed` record: the host lifts two
+/// lists instead of one per string. An end past `u32::MAX` (never, under
+/// the memory limit) is written as `u32::MAX`, which the host refuses.
+fn pack<'a>(parts: impl Iterator<Item = &'a [u8]> + Clone) -> gateway::Packed {
+    let mut bytes = Vec::with_capacity(parts.clone().map(<[u8]>::len).sum());
+    let mut ends = Vec::with_capacity(parts.clone().count());
+    for part in parts {
+        bytes.extend_from_slice(part);
+        ends.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+    }
+    gateway::Packed { bytes, ends }
 }
 
 fn reply_to_wit(reply: &Reply) -> gateway::Reply {

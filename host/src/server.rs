@@ -897,19 +897,18 @@ impl UpstreamTarget {
         uri.path_and_query =
             Some(PathAndQuery::from_maybe_shared(Bytes::from(plan.path_with_query)).ok()?);
         let uri = hyper::Uri::from_parts(uri).ok()?;
-        let remove = plan
-            .remove
-            .iter()
-            .map(|name| header_name(name))
+        let remove = packed(&plan.remove.ends, plan.remove.bytes.len())
+            .map(|name| header_name(plan.remove.bytes.get(name?)?))
             .collect::<Option<Vec<_>>>()?;
-        let add = plan
-            .add
-            .into_iter()
-            .map(|(name, value)| {
-                let value = HeaderValue::from_maybe_shared(Bytes::from(value)).ok()?;
-                Some((header_name(&name)?, value))
-            })
-            .collect::<Option<Vec<_>>>()?;
+        // Each value is a slice of the one buffer, not a copy.
+        let bytes = Bytes::from(plan.add.bytes);
+        let mut parts = packed(&plan.add.ends, bytes.len());
+        let mut add = Vec::with_capacity(plan.add.ends.len() / 2);
+        while let Some(name) = parts.next() {
+            let name = header_name(bytes.get(name?)?)?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(parts.next()??)).ok()?;
+            add.push((name, value));
+        }
         Some(UpstreamTarget {
             uri,
             host: HeaderValue::from_maybe_shared(authority).ok()?,
@@ -936,6 +935,20 @@ impl UpstreamTarget {
     }
 }
 
+/// Where each string of a WIT `packed` record lies in its `len` bytes;
+/// `None` for an end that goes backwards or past the bytes.
+fn packed(ends: &[u32], len: usize) -> impl Iterator<Item = Option<std::ops::Range<usize>>> {
+    let mut start = 0;
+    ends.iter().map(move |&end| {
+        let end = usize::try_from(end)
+            .ok()
+            .filter(|end| (start..=len).contains(end))?;
+        let range = start..end;
+        start = end;
+        Some(range)
+    })
+}
+
 /// Names a serving thread remembers, so the same few plan names (the
 /// gateway's own headers, the client's credential header) are not parsed
 /// and copied into a new allocation on every request.
@@ -948,15 +961,15 @@ thread_local! {
 /// `name` as a header name, if it is a valid one. A name seen before is a
 /// shared copy of the one parsed then; the first [`REMEMBERED_NAMES`]
 /// distinct names are remembered, later ones are parsed every time.
-fn header_name(name: &str) -> Option<HeaderName> {
+fn header_name(name: &[u8]) -> Option<HeaderName> {
     NAMES.with(|names| {
         let mut names = names.try_borrow_mut().ok()?;
-        if let Some(known) = names.iter().find(|n| n.as_str() == name) {
+        if let Some(known) = names.iter().find(|n| n.as_str().as_bytes() == name) {
             return Some(known.clone());
         }
-        let parsed = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let parsed = HeaderName::from_bytes(name).ok()?;
         // Only a name that is already lower-case compares equal next time.
-        if names.len() < REMEMBERED_NAMES && parsed.as_str() == name {
+        if names.len() < REMEMBERED_NAMES && parsed.as_str().as_bytes() == name {
             names.push(parsed.clone());
         }
         Some(parsed)
@@ -1129,17 +1142,28 @@ fn host_error(e: HostError) -> Response<HyperOutgoingBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bindings::exports::sigma::api_keys::gateway::Packed;
+
+    /// Packs strings as the guest does.
+    fn pack<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Packed {
+        let mut packed = Packed {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+        };
+        for part in parts {
+            packed.bytes.extend_from_slice(part);
+            packed.ends.push(packed.bytes.len() as u32);
+        }
+        packed
+    }
 
     fn plan(remove: &[&str], add: &[(&str, &[u8])]) -> Forward {
         Forward {
             scheme: UpstreamScheme::Http,
             authority: "upstream.internal:8080".into(),
             path_with_query: "/base/api/v1/records?x=1".into(),
-            remove: remove.iter().map(|n| (*n).to_owned()).collect(),
-            add: add
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
-                .collect(),
+            remove: pack(remove.iter().map(|n| n.as_bytes())),
+            add: pack(add.iter().flat_map(|(n, v)| [n.as_bytes(), *v])),
             timeout_ms: 1000,
         }
     }
@@ -1202,6 +1226,17 @@ mod tests {
         let mut bad_authority = plan(&[], &[]);
         bad_authority.authority = "a b".into();
         assert!(UpstreamTarget::of(bad_authority).is_none());
+        // Malformed packing: an end past the bytes, an end going backwards,
+        // a name without its value.
+        let mut past = plan(&["accept"], &[]);
+        past.remove.ends = vec![7];
+        let mut backwards = plan(&[], &[("x-a", b"1"), ("x-b", b"2")]);
+        backwards.add.ends = vec![3, 4, 2, 8];
+        let mut unpaired = plan(&[], &[("x-a", b"1")]);
+        unpaired.add.ends.pop();
+        for bad in [past, backwards, unpaired] {
+            assert!(UpstreamTarget::of(bad).is_none());
+        }
         // A path that does not start with `/` could read as part of the
         // authority (`http://upstream@evil.example/`): refused.
         for path in ["@evil.example/", "", "?x=1", "evil"] {
@@ -1216,11 +1251,11 @@ mod tests {
         // Twice each: the second time comes from the remembered list.
         for _ in 0..2 {
             for name in ["x-sigma-tenant", "host", "x-forwarded-for", "X-Upper"] {
-                let parsed = header_name(name).expect("a valid name");
+                let parsed = header_name(name.as_bytes()).expect("a valid name");
                 assert_eq!(parsed.as_str(), name.to_ascii_lowercase());
             }
-            assert!(header_name("bad name").is_none());
-            assert!(header_name("").is_none());
+            assert!(header_name(b"bad name").is_none());
+            assert!(header_name(b"").is_none());
         }
     }
 }
