@@ -260,6 +260,23 @@ pub fn client_headers(raw_key: &str) -> Vec<(String, Vec<u8>)> {
     .collect()
 }
 
+/// `headers` as the WIT `packed` record, as the host sends them.
+fn packed(headers: &[(String, Vec<u8>)]) -> bindings::exports::sigma::api_keys::gateway::Packed {
+    let mut packed = bindings::exports::sigma::api_keys::gateway::Packed {
+        bytes: Vec::new(),
+        ends: Vec::new(),
+    };
+    for (name, value) in headers {
+        for part in [name.as_bytes(), value.as_slice()] {
+            packed.bytes.extend_from_slice(part);
+            packed
+                .ends
+                .push(u32::try_from(packed.bytes.len()).unwrap_or(u32::MAX));
+        }
+    }
+    packed
+}
+
 /// The embedded component on the minimal embedding, with a key, and a
 /// request head for `gateway.decide` to forward.
 struct DecideSetup {
@@ -277,7 +294,7 @@ impl DecideSetup {
         let head = bindings::exports::sigma::api_keys::gateway::RequestHead {
             method: "GET".into(),
             path_with_query: DECIDE_PATH.into(),
-            headers: client_headers(&raw_key),
+            headers: packed(&client_headers(&raw_key)),
             peer: Some("198.51.100.7".into()),
             tls: false,
         };
@@ -373,10 +390,11 @@ impl NativeDecide {
 
     fn call(&mut self) -> Result<()> {
         use sigma_keys_guest::domain::api::{self, Caller, Decision, RequestHead};
+        let headers = sigma_keys_guest::domain::headers::borrowed(&self.headers);
         let head = RequestHead {
             method: "GET",
             path_with_query: DECIDE_PATH,
-            headers: &self.headers,
+            headers: &headers,
             peer: Some("198.51.100.7"),
             tls: false,
         };

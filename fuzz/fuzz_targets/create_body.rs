@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let auth = format!("Bearer {}", TOKEN.trim());
     let headers = vec![("authorization".to_string(), auth.into_bytes())];
+    let headers = sigma_keys_guest::domain::headers::borrowed(&headers);
     let head = RequestHead {
         method: "POST",
         path_with_query: "/api/v1/api-keys",

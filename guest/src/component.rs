@@ -512,10 +512,21 @@ impl auth::Guest for Component {
 
 impl gateway::Guest for Component {
     fn decide(head: gateway::RequestHead) -> gateway::Decided {
+        let Some(client_headers) = headers::unpack_headers(&head.headers.bytes, &head.headers.ends)
+        else {
+            // Fail closed: a head this component cannot read is not guessed at.
+            let refusal = api::error_reply(&ApiError::invalid_request(
+                "the request head's headers are malformed",
+            ));
+            return gateway::Decided {
+                route: gateway::RouteClass::Resource,
+                decision: gateway::Decision::Reply(reply_to_wit(&refusal)),
+            };
+        };
         let request = RequestHead {
             method: &head.method,
             path_with_query: &head.path_with_query,
-            headers: &head.headers,
+            headers: &client_headers,
             peer: head.peer.as_deref(),
             tls: head.tls,
         };
@@ -571,16 +582,9 @@ impl gateway::Guest for Component {
     }
 }
 
-/// `parts` back to back, as the WIT `packed` record: the host lifts two
-/// lists instead of one per string. An end past `u32::MAX` (never, under
-/// the memory limit) is written as `u32::MAX`, which the host refuses.
+/// `parts` as the WIT `packed` record (see [`headers::pack`]).
 fn pack<'a>(parts: impl Iterator<Item = &'a [u8]> + Clone) -> gateway::Packed {
-    let mut bytes = Vec::with_capacity(parts.clone().map(<[u8]>::len).sum());
-    let mut ends = Vec::with_capacity(parts.clone().count());
-    for part in parts {
-        bytes.extend_from_slice(part);
-        ends.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
-    }
+    let (bytes, ends) = headers::pack(parts);
     gateway::Packed { bytes, ends }
 }
 
@@ -739,10 +743,11 @@ impl exports::wasi::http::incoming_handler::Guest for Component {
         let method = method_name(&request.method());
         let path = request.path_with_query().unwrap_or_else(|| "/".into());
         let headers = request.headers().entries();
+        let client_headers = headers::borrowed(&headers);
         let head = RequestHead {
             method: &method,
             path_with_query: &path,
-            headers: &headers,
+            headers: &client_headers,
             // wasi:http does not tell the client's address.
             peer: None,
             tls: matches!(request.scheme(), Some(Scheme::Https)),
@@ -758,7 +763,7 @@ impl exports::wasi::http::incoming_handler::Guest for Component {
         identify(&caller);
         match outcome {
             Outcome::Reply(reply) => send_reply(out, &reply),
-            Outcome::Forward(plan) => forward(&request, &method, &headers, plan, out),
+            Outcome::Forward(plan) => forward(&request, &method, &client_headers, plan, out),
         }
     }
 }
@@ -840,7 +845,7 @@ fn pump(input: &InputStream, output: &OutputStream) -> bool {
 fn forward(
     request: &IncomingRequest,
     method: &str,
-    client_headers: &[(String, Vec<u8>)],
+    client_headers: &[headers::HeaderRef<'_>],
     plan: api::Forward,
     out: ResponseOutparam,
 ) {
@@ -907,7 +912,8 @@ fn forward(
     };
 
     let status = response.status();
-    let mut headers = headers::end_to_end_headers(&response.headers().entries());
+    let mut headers =
+        headers::end_to_end_headers(&headers::borrowed(&response.headers().entries()));
     if method == "HEAD" || status == 204 || status == 304 {
         // No body follows, so a length would not match what we write.
         headers.retain(|(n, _)| n != "content-length");

@@ -11,7 +11,7 @@ use sigma_keys_guest::domain::api::{
     self, BodyError, BodySource, Caller, Decision, Outcome, RequestHead, Settings,
 };
 use sigma_keys_guest::domain::headers::{
-    FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, IDENTITY_HEADERS,
+    self, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, IDENTITY_HEADERS,
 };
 use sigma_keys_guest::domain::keys;
 use sigma_keys_guest::domain::memory::MemoryStore;
@@ -269,10 +269,11 @@ proptest! {
         if let Some((name, value)) = framing {
             headers.push((name.to_string(), value.as_bytes().to_vec()));
         }
+        let borrowed = headers::borrowed(&headers);
         let head = RequestHead {
             method: &m,
             path_with_query: &p,
-            headers: &headers,
+            headers: &borrowed,
             peer: Some("198.51.100.1"),
             tls: false,
         };
@@ -297,7 +298,7 @@ proptest! {
             prop_assert_eq!(plan.path_with_query.clone(), format!("/base{p}"));
             let permission = routes::required_permission(&m, &p).unwrap();
             prop_assert!(key_permissions.contains(&permission));
-            let forwarded = plan.headers(&headers);
+            let forwarded = plan.headers(&borrowed);
             let sent = |name: &str| -> Vec<Vec<u8>> {
                 forwarded.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect()
             };
@@ -383,7 +384,8 @@ proptest! {
         }));
         let s = settings();
         let head = |method: &'static str, path: &str, headers: &[(String, Vec<u8>)]| {
-            let (method, path, headers) = (method.to_owned(), path.to_owned(), headers.to_vec());
+            let (method, path) = (method.to_owned(), path.to_owned());
+            let headers = headers::borrowed(headers);
             let mut caller = Caller::default();
             let head = RequestHead {
                 method: &method,
@@ -423,7 +425,7 @@ proptest! {
                 Decision::Forward(plan) => {
                     prop_assert_eq!(status, 200, "{} {}", m, p);
                     prop_assert!(body.is_empty());
-                    prop_assert_eq!(identity(&answer_headers), identity(&plan.headers(&headers)));
+                    prop_assert_eq!(identity(&answer_headers), identity(&plan.headers(&headers::borrowed(&headers))));
                 }
                 Decision::Reply(refused) => {
                     let (gateway_status, _, gateway_body) = refused.to_http();

@@ -43,7 +43,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpView};
 
 use crate::bindings::exports::sigma::api_keys::gateway::{
-    Decided, Decision, Forward, Reply, RequestHead, RouteClass, Scheme as UpstreamScheme,
+    Decided, Decision, Forward, Packed, Reply, RequestHead, RouteClass, Scheme as UpstreamScheme,
     UpstreamFailure,
 };
 use crate::hop_by_hop::strip_connection_nominated;
@@ -836,14 +836,34 @@ fn request_head(req: &Request<RequestBody>, client: &str) -> RequestHead {
             .uri()
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect(),
+        headers: packed_headers(req.headers()),
         peer: Some(client.to_owned()),
         tls: false,
     }
+}
+
+/// The client's headers as the WIT `packed` record (name, value, name,
+/// value, ...): two lists to lower instead of two per header. An end past
+/// `u32::MAX` (never, under hyper's header limits) is written as
+/// `u32::MAX`, which the component refuses.
+pub fn packed_headers(headers: &HeaderMap) -> Packed {
+    let len = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    let mut packed = Packed {
+        bytes: Vec::with_capacity(len),
+        ends: Vec::with_capacity(headers.len() * 2),
+    };
+    for (name, value) in headers {
+        for part in [name.as_str().as_bytes(), value.as_bytes()] {
+            packed.bytes.extend_from_slice(part);
+            packed
+                .ends
+                .push(u32::try_from(packed.bytes.len()).unwrap_or(u32::MAX));
+        }
+    }
+    packed
 }
 
 fn reply_response(reply: Reply) -> Response<HyperOutgoingBody> {
@@ -1142,7 +1162,6 @@ fn host_error(e: HostError) -> Response<HyperOutgoingBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::exports::sigma::api_keys::gateway::Packed;
 
     /// Packs strings as the guest does.
     fn pack<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Packed {
@@ -1244,6 +1263,52 @@ mod tests {
             relative.path_with_query = path.into();
             assert!(UpstreamTarget::of(relative).is_none(), "{path:?}");
         }
+    }
+
+    /// The status and error code `decide` answers for `headers`.
+    async fn refusal(instance: &mut HttpInstance, headers: Packed) -> (u16, String) {
+        let head = RequestHead {
+            method: "GET".into(),
+            path_with_query: "/api/v1/records".into(),
+            headers,
+            peer: None,
+            tls: false,
+        };
+        let HttpInstance { store, typed, .. } = instance;
+        let decided = typed
+            .sigma_api_keys_gateway()
+            .call_decide(store, &head)
+            .await
+            .unwrap();
+        let Decision::Reply(reply) = decided.decision else {
+            panic!("not a reply: {:?}", decided.decision);
+        };
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let code = body["error"]["code"].as_str().unwrap().to_owned();
+        (reply.status, code)
+    }
+
+    /// The client's headers cross as one packed buffer, and a head whose
+    /// packing is malformed is refused 400, never decided on.
+    #[tokio::test]
+    async fn the_component_reads_packed_headers_and_refuses_malformed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_sqlite(&dir.path().join("k.db")).unwrap();
+        let runtime = Runtime::new(db, &crate::runtime::Settings::default()).unwrap();
+        let mut instance = runtime.http_instance(Arc::default()).await.unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("a.example"));
+        headers.insert(
+            "x-sigma-apikey",
+            HeaderValue::from_static("sigma_sk_live_nope"),
+        );
+        // Read: the key is found among the packed headers (and is not valid).
+        let read = refusal(&mut instance, packed_headers(&headers)).await;
+        assert_eq!(read, (401, "invalid_api_key".to_owned()));
+        let mut malformed = packed_headers(&headers);
+        malformed.ends[1] = 99;
+        let refused = refusal(&mut instance, malformed).await;
+        assert_eq!(refused, (400, "invalid_request".to_owned()));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use super::events::{self, Actor, Via};
 use super::forward_auth::{self, Convention, ERROR_HEADER, STATUS_HEADER};
 use super::framing;
 use super::headers::{
-    API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, IDENTITY_HEADERS, is_owned,
-    is_plain_authority, not_forwarded, without,
+    API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, HeaderRef, IDENTITY_HEADERS,
+    is_owned, is_plain_authority, not_forwarded, without,
 };
 use super::jwt::{self, Principal, TokenRules};
 use super::key_set::KeySetSource;
@@ -110,7 +110,7 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     /// Path and query as the client sent them.
     pub path_with_query: &'a str,
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a [HeaderRef<'a>],
     /// The client's IP address, when the host knows it.
     pub peer: Option<&'a str>,
     /// Whether the client reached us over TLS.
@@ -128,7 +128,7 @@ impl RequestHead<'_> {
         self.headers
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| *v)
     }
 }
 
@@ -178,7 +178,7 @@ pub struct Forward {
 
 impl Forward {
     /// The headers to send upstream for a request with these headers.
-    pub fn headers(&self, client: &[(String, Vec<u8>)]) -> Headers {
+    pub fn headers(&self, client: &[HeaderRef<'_>]) -> Headers {
         let mut headers = without(client, &self.remove);
         headers.extend(self.add.iter().cloned());
         headers
@@ -253,7 +253,7 @@ fn reply(status: u16, body: Value) -> Reply {
     }
 }
 
-fn error_reply(e: &ApiError) -> Reply {
+pub fn error_reply(e: &ApiError) -> Reply {
     let mut r = reply(e.code.status(), e.to_json());
     match e.code {
         ErrorCode::Unauthenticated | ErrorCode::InvalidToken => {

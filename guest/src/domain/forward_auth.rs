@@ -6,6 +6,7 @@
 //! must be said for the proxy to understand it.
 
 use super::error::{ApiError, ErrorCode};
+use super::headers::HeaderRef;
 
 /// Every authorization endpoint lives under this path.
 pub const AUTH_BASE: &str = "/_sigma/auth";
@@ -115,13 +116,13 @@ pub fn original<'a>(
     convention: &Convention,
     method: &'a str,
     path_with_query: &'a str,
-    headers: &'a [(String, Vec<u8>)],
+    headers: &[HeaderRef<'a>],
 ) -> Result<Original<'a>, ApiError> {
     let one = |name: &str| -> Result<&'a str, ApiError> {
         let mut values = headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice());
+            .map(|(_, v)| *v);
         match (values.next(), values.next()) {
             (Some(value), None) => std::str::from_utf8(value)
                 .ok()
@@ -175,10 +176,8 @@ pub fn refusal_status(convention: &Convention, error: &ApiError) -> u16 {
 mod tests {
     use super::*;
 
-    fn headers(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        list.iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn headers<'a>(list: &[(&'a str, &'a str)]) -> Vec<HeaderRef<'a>> {
+        list.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! is accepted.
 
 use super::error::ApiError;
+use super::headers::HeaderRef;
 
 /// Methods whose requests must not carry a body: many upstreams do not read
 /// one, and would take it for the next request on the connection.
@@ -12,12 +13,12 @@ pub const BODYLESS_METHODS: [&str; 4] = ["GET", "HEAD", "DELETE", "OPTIONS"];
 /// Whether the request's body framing is unambiguous and fits its method:
 /// no body, one `Content-Length` of digits, or `Transfer-Encoding: chunked`
 /// alone; and no body at all for [`BODYLESS_METHODS`].
-pub fn check(method: &str, headers: &[(String, Vec<u8>)]) -> Result<(), ApiError> {
+pub fn check(method: &str, headers: &[HeaderRef<'_>]) -> Result<(), ApiError> {
     let values = |name: &'static str| {
         headers
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| *v)
     };
     let lengths: Vec<&[u8]> = values("content-length").collect();
     let encodings: Vec<&[u8]> = values("transfer-encoding").collect();
@@ -69,10 +70,7 @@ mod tests {
     use crate::domain::error::ErrorCode;
 
     fn run(method: &str, headers: &[(&str, &str)]) -> Result<(), ErrorCode> {
-        let headers: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect();
+        let headers: Vec<HeaderRef<'_>> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
         check(method, &headers).map_err(|e| e.code)
     }
 

@@ -53,6 +53,53 @@ pub const OWNED_NAMES: [&str; 7] = [
 /// Client headers the gateway owns, by (lower-case) prefix.
 pub const OWNED_PREFIXES: [&str; 2] = ["x-sigma-", "x-forwarded-"];
 
+/// A header as the domain reads it: its name and raw value, borrowed from
+/// wherever the request's head is kept.
+pub type HeaderRef<'a> = (&'a str, &'a [u8]);
+
+/// `headers` borrowed as the domain reads them.
+pub fn borrowed(headers: &[(String, Vec<u8>)]) -> Vec<HeaderRef<'_>> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect()
+}
+
+/// Strings back to back in one buffer, and where each ends: the WIT
+/// `packed` record, so two lists cross the component boundary instead of
+/// one per string. An end past `u32::MAX` (never, under the memory limit)
+/// is written as `u32::MAX`, which every reader refuses.
+pub fn pack<'a>(parts: impl Iterator<Item = &'a [u8]> + Clone) -> (Vec<u8>, Vec<u32>) {
+    let mut bytes = Vec::with_capacity(parts.clone().map(<[u8]>::len).sum());
+    let mut ends = Vec::with_capacity(parts.clone().count());
+    for part in parts {
+        bytes.extend_from_slice(part);
+        ends.push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+    }
+    (bytes, ends)
+}
+
+/// Headers packed as name, value, name, value, ... (see [`pack`]); `None`
+/// if an end goes backwards or past the bytes, a name has no value, or a
+/// name is not UTF-8.
+pub fn unpack_headers<'a>(bytes: &'a [u8], ends: &[u32]) -> Option<Vec<HeaderRef<'a>>> {
+    if !ends.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut start = 0;
+    let mut parts = ends.iter().map(|&end| {
+        let end = usize::try_from(end).ok()?;
+        let part = bytes.get(start..end)?;
+        start = end;
+        Some(part)
+    });
+    let mut headers = Vec::with_capacity(ends.len() / 2);
+    while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+        headers.push((std::str::from_utf8(name?).ok()?, value?));
+    }
+    Some(headers)
+}
+
 /// Whether a client header (lower-case name) is never forwarded because the
 /// gateway owns its meaning. Names with `_` are owned too: CGI, WSGI and
 /// PHP-FPM upstreams read `X_Sigma_Tenant` as `X-Sigma-Tenant`.
@@ -67,7 +114,7 @@ pub fn is_owned(name: &str) -> bool {
 /// names, and those `drop` refuses (it sees lower-case names). Since every
 /// rule is about the name alone, removing every header of these names,
 /// whatever its case, leaves exactly the headers to pass on.
-pub fn not_forwarded(headers: &[(String, Vec<u8>)], drop: impl Fn(&str) -> bool) -> Vec<String> {
+pub fn not_forwarded(headers: &[HeaderRef<'_>], drop: impl Fn(&str) -> bool) -> Vec<String> {
     let nominated: Vec<String> = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
@@ -83,7 +130,7 @@ pub fn not_forwarded(headers: &[(String, Vec<u8>)], drop: impl Fn(&str) -> bool)
         let name: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(name.to_ascii_lowercase())
         } else {
-            Cow::Borrowed(name)
+            Cow::Borrowed(*name)
         };
         let refused = HOP_BY_HOP.contains(&name.as_ref())
             || nominated.iter().any(|n| *n == name)
@@ -97,17 +144,17 @@ pub fn not_forwarded(headers: &[(String, Vec<u8>)], drop: impl Fn(&str) -> bool)
 
 /// The headers of `headers` that are not among `names` (lower-case), with
 /// lower-case names: what is left after removing every header of each name.
-pub fn without(headers: &[(String, Vec<u8>)], names: &[String]) -> Vec<(String, Vec<u8>)> {
+pub fn without(headers: &[HeaderRef<'_>], names: &[String]) -> Vec<(String, Vec<u8>)> {
     headers
         .iter()
         .filter(|(n, _)| !names.iter().any(|r| r.eq_ignore_ascii_case(n)))
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
         .collect()
 }
 
 /// Drops hop-by-hop headers, including any the `Connection` header names.
 /// Names come back lower-case.
-pub fn end_to_end_headers(headers: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+pub fn end_to_end_headers(headers: &[HeaderRef<'_>]) -> Vec<(String, Vec<u8>)> {
     without(headers, &not_forwarded(headers, |_| false))
 }
 
@@ -157,7 +204,11 @@ mod tests {
         }
     }
 
-    fn list(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    fn list<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<HeaderRef<'a>> {
+        pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         pairs
             .iter()
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
@@ -185,13 +236,40 @@ mod tests {
         );
         assert_eq!(
             without(&headers, &names),
-            list(&[("accept", "*/*"), ("accept", "text/plain")])
+            owned(&[("accept", "*/*"), ("accept", "text/plain")])
         );
         // Removal is by name, whatever the case on either side.
         assert_eq!(
             without(&headers, &["ACCEPT".to_owned()]).len(),
             headers.len() - 2
         );
+    }
+
+    #[test]
+    fn packed_headers_unpack_to_the_same_headers() {
+        let headers = list(&[("host", "a.example"), ("x-empty", ""), ("accept", "*/*")]);
+        let (bytes, ends) = pack(headers.iter().flat_map(|(n, v)| [n.as_bytes(), *v]));
+        assert_eq!(ends, [4, 13, 20, 20, 26, 29]);
+        assert_eq!(unpack_headers(&bytes, &ends), Some(headers));
+        assert_eq!(unpack_headers(&[], &[]), Some(vec![]));
+    }
+
+    #[test]
+    fn malformed_packed_headers_are_refused() {
+        let bytes = b"hostaaccept*/*";
+        assert!(unpack_headers(bytes, &[4, 5, 11, 14]).is_some());
+        // A name without its value, an end past the bytes, an end going
+        // backwards, an end past u32::MAX written as u32::MAX, a name that
+        // is not UTF-8.
+        for ends in [
+            &[4, 5, 11][..],
+            &[4, 5, 11, 15],
+            &[4, 5, 3, 14],
+            &[4, u32::MAX],
+        ] {
+            assert_eq!(unpack_headers(bytes, ends), None, "{ends:?}");
+        }
+        assert_eq!(unpack_headers(b"\xffv", &[1, 2]), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use super::*;
 use crate::domain::events::{Event, LoggedEvent};
-use crate::domain::headers::{IDENTITY_HEADERS, end_to_end_headers};
+use crate::domain::headers::{HeaderRef, IDENTITY_HEADERS, end_to_end_headers};
 use crate::domain::keys::{KeyRecord, Roll, StoreError};
 use crate::domain::memory::MemoryStore;
 use crate::domain::raw_key::KeyHash;
@@ -54,10 +54,7 @@ impl Call<'_> {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (Outcome, Caller) {
-        let headers: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect();
+        let headers: Vec<HeaderRef<'_>> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
         let head = RequestHead {
             method,
             path_with_query: path,
@@ -107,10 +104,8 @@ impl Call<'_> {
     fn forward(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Sent {
         match self.run(method, path, headers, "").0 {
             Outcome::Forward(plan) => {
-                let client: Vec<(String, Vec<u8>)> = headers
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                    .collect();
+                let client: Vec<HeaderRef<'_>> =
+                    headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
                 Sent {
                     headers: plan.headers(&client),
                     path_with_query: plan.path_with_query,
@@ -540,7 +535,7 @@ fn the_verify_endpoint() {
 
 #[test]
 fn hop_by_hop_headers_are_dropped() {
-    let headers: Vec<(String, Vec<u8>)> = [
+    let headers: Vec<HeaderRef<'_>> = [
         ("Connection", "keep-alive, X-Secret-Hop"),
         ("Keep-Alive", "timeout=5"),
         ("Transfer-Encoding", "chunked"),
@@ -551,7 +546,7 @@ fn hop_by_hop_headers_are_dropped() {
         ("Content-Type", "application/json"),
     ]
     .iter()
-    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+    .map(|(n, v)| (*n, v.as_bytes()))
     .collect();
     let kept = end_to_end_headers(&headers);
     assert_eq!(
@@ -764,10 +759,7 @@ fn a_failing_store_is_503_store_unavailable_never_an_answer_about_the_key() {
     let mut s = settings();
     s.max_keys_per_tenant = 5;
     let raw = crate::domain::raw_key::RawKey::generate().unwrap();
-    let head_headers = vec![(
-        "x-sigma-apikey".to_string(),
-        raw.expose().as_bytes().to_vec(),
-    )];
+    let head_headers: Vec<HeaderRef<'_>> = vec![("x-sigma-apikey", raw.expose().as_bytes())];
     let head = RequestHead {
         method: "GET",
         path_with_query: "/api/v1/records",

@@ -95,10 +95,8 @@ fn every_endpoint_decides_exactly_as_the_gateway() {
                 match gateway {
                     Outcome::Forward(plan) => {
                         allowed += 1;
-                        let client: Vec<(String, Vec<u8>)> = creds
-                            .iter()
-                            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                            .collect();
+                        let client: Vec<(&str, &[u8])> =
+                            creds.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
                         let expected = identity_of(
                             plan.headers(&client)
                                 .into_iter()
