@@ -262,19 +262,12 @@ pub fn client_headers(raw_key: &str) -> Vec<(String, Vec<u8>)> {
 
 /// `headers` as the WIT `packed` record, as the host sends them.
 fn packed(headers: &[(String, Vec<u8>)]) -> bindings::exports::sigma::api_keys::gateway::Packed {
-    let mut packed = bindings::exports::sigma::api_keys::gateway::Packed {
-        bytes: Vec::new(),
-        ends: Vec::new(),
-    };
-    for (name, value) in headers {
-        for part in [name.as_bytes(), value.as_slice()] {
-            packed.bytes.extend_from_slice(part);
-            packed
-                .ends
-                .push(u32::try_from(packed.bytes.len()).unwrap_or(u32::MAX));
-        }
-    }
-    packed
+    let (bytes, ends) = sigma_keys_guest::domain::headers::pack(
+        headers
+            .iter()
+            .flat_map(|(name, value)| [name.as_bytes(), value.as_slice()]),
+    );
+    bindings::exports::sigma::api_keys::gateway::Packed { bytes, ends }
 }
 
 /// The embedded component on the minimal embedding, with a key, and a

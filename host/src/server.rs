@@ -843,10 +843,8 @@ fn request_head(req: &Request<RequestBody>, client: &str) -> RequestHead {
 }
 
 /// The client's headers as the WIT `packed` record (name, value, name,
-/// value, ...): two lists to lower instead of two per header. An end past
-/// `u32::MAX` (never, under hyper's header limits) is written as
-/// `u32::MAX`, which the component refuses.
-pub fn packed_headers(headers: &HeaderMap) -> Packed {
+/// value, ...): two lists to lower instead of two per header.
+fn packed_headers(headers: &HeaderMap) -> Packed {
     let len = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len())
@@ -856,14 +854,20 @@ pub fn packed_headers(headers: &HeaderMap) -> Packed {
         ends: Vec::with_capacity(headers.len() * 2),
     };
     for (name, value) in headers {
-        for part in [name.as_str().as_bytes(), value.as_bytes()] {
-            packed.bytes.extend_from_slice(part);
-            packed
-                .ends
-                .push(u32::try_from(packed.bytes.len()).unwrap_or(u32::MAX));
-        }
+        append(&mut packed, name.as_str().as_bytes());
+        append(&mut packed, value.as_bytes());
     }
     packed
+}
+
+/// Appends `part` to a WIT `packed` record. An end past `u32::MAX` (never,
+/// under hyper's header limits) is written as `u32::MAX`, which the
+/// component refuses.
+fn append(packed: &mut Packed, part: &[u8]) {
+    packed.bytes.extend_from_slice(part);
+    packed
+        .ends
+        .push(u32::try_from(packed.bytes.len()).unwrap_or(u32::MAX));
 }
 
 fn reply_response(reply: Reply) -> Response<HyperOutgoingBody> {
@@ -917,12 +921,12 @@ impl UpstreamTarget {
         uri.path_and_query =
             Some(PathAndQuery::from_maybe_shared(Bytes::from(plan.path_with_query)).ok()?);
         let uri = hyper::Uri::from_parts(uri).ok()?;
-        let remove = packed(&plan.remove.ends, plan.remove.bytes.len())
+        let remove = packed_ranges(&plan.remove.ends, plan.remove.bytes.len())
             .map(|name| header_name(plan.remove.bytes.get(name?)?))
             .collect::<Option<Vec<_>>>()?;
         // Each value is a slice of the one buffer, not a copy.
         let bytes = Bytes::from(plan.add.bytes);
-        let mut parts = packed(&plan.add.ends, bytes.len());
+        let mut parts = packed_ranges(&plan.add.ends, bytes.len());
         let mut add = Vec::with_capacity(plan.add.ends.len() / 2);
         while let Some(name) = parts.next() {
             let name = header_name(bytes.get(name?)?)?;
@@ -957,7 +961,7 @@ impl UpstreamTarget {
 
 /// Where each string of a WIT `packed` record lies in its `len` bytes;
 /// `None` for an end that goes backwards or past the bytes.
-fn packed(ends: &[u32], len: usize) -> impl Iterator<Item = Option<std::ops::Range<usize>>> {
+fn packed_ranges(ends: &[u32], len: usize) -> impl Iterator<Item = Option<std::ops::Range<usize>>> {
     let mut start = 0;
     ends.iter().map(move |&end| {
         let end = usize::try_from(end)
@@ -1163,15 +1167,14 @@ fn host_error(e: HostError) -> Response<HyperOutgoingBody> {
 mod tests {
     use super::*;
 
-    /// Packs strings as the guest does.
+    /// `parts` packed as the guest packs them.
     fn pack<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Packed {
         let mut packed = Packed {
             bytes: Vec::new(),
             ends: Vec::new(),
         };
         for part in parts {
-            packed.bytes.extend_from_slice(part);
-            packed.ends.push(packed.bytes.len() as u32);
+            append(&mut packed, part);
         }
         packed
     }
