@@ -553,11 +553,10 @@ impl gateway::Guest for Component {
                 authority: plan.upstream.authority,
                 path_with_query: plan.path_with_query,
                 remove: pack(plan.remove.iter().map(String::as_bytes)),
-                add: pack(
-                    plan.add
-                        .iter()
-                        .flat_map(|(name, value)| [name.as_bytes(), value.as_slice()]),
-                ),
+                add: {
+                    let (bytes, ends) = plan.add.into_parts();
+                    gateway::Packed { bytes, ends }
+                },
                 timeout_ms: settings().upstream_timeout_ms,
             }),
             Decision::Handle => {

@@ -2,6 +2,8 @@
 //! an endpoint needs one) to a JSON reply or a plan to forward upstream. The
 //! `wasi:http` layer only moves bytes.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, ErrorCode};
@@ -10,7 +12,7 @@ use super::forward_auth::{self, Convention, ERROR_HEADER, STATUS_HEADER};
 use super::framing;
 use super::headers::{
     API_KEY_HEADER, FORWARDED_FOR, FORWARDED_HOST, FORWARDED_PROTO, HeaderRef, IDENTITY_HEADERS,
-    is_owned, is_plain_authority, not_forwarded, without,
+    PackedHeaders, is_owned, is_plain_authority, not_forwarded, without,
 };
 use super::jwt::{self, Principal, TokenRules};
 use super::key_set::KeySetSource;
@@ -173,14 +175,14 @@ pub struct Forward {
     /// every header of each name goes, whatever its case.
     pub remove: Vec<String>,
     /// The headers the gateway sets upstream, after the client's.
-    pub add: Headers,
+    pub add: PackedHeaders,
 }
 
 impl Forward {
     /// The headers to send upstream for a request with these headers.
     pub fn headers(&self, client: &[HeaderRef<'_>]) -> Headers {
         let mut headers = without(client, &self.remove);
-        headers.extend(self.add.iter().cloned());
+        headers.extend(self.add.iter().map(|(n, v)| (n.to_owned(), v.to_vec())));
         headers
     }
 }
@@ -488,7 +490,7 @@ fn auth_endpoint(
                 admitted
                     .identity
                     .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value)),
+                    .map(|(name, value)| (name.to_owned(), value.into_owned())),
             );
             r
         }
@@ -995,7 +997,7 @@ fn note_key(caller: &mut Caller, verified: &Verified) {
 /// A request the gateway lets through, and who it is for the upstream.
 struct Admitted {
     /// The identity headers to set upstream.
-    identity: Vec<(&'static str, String)>,
+    identity: Vec<(&'static str, Cow<'static, str>)>,
     /// A Bearer request keeps its Authorization; an API key is never passed on.
     keep_authorization: bool,
 }
@@ -1009,7 +1011,7 @@ fn admit(
     head: &RequestHead<'_>,
     caller: &mut Caller,
 ) -> Result<Admitted, ApiError> {
-    let mut identity: Vec<(&'static str, String)> = Vec::with_capacity(3);
+    let mut identity: Vec<(&'static str, Cow<'static, str>)> = Vec::with_capacity(3);
     let keep_authorization = match credential(head)? {
         Credential::None => {
             return Err(ApiError::new(
@@ -1023,9 +1025,9 @@ fn admit(
             caller.tenant = Some(record.tenant.clone());
             caller.key_id = Some(record.id.clone());
             let verified = keys::permit(record, head.method, head.path_with_query)?;
-            identity.push(("x-sigma-tenant", verified.key.tenant.clone()));
-            identity.push(("x-sigma-key-id", verified.key.id.clone()));
-            identity.push(("x-sigma-permission", verified.permission.name().to_owned()));
+            identity.push(("x-sigma-tenant", verified.key.tenant.into()));
+            identity.push(("x-sigma-key-id", verified.key.id.into()));
+            identity.push(("x-sigma-permission", verified.permission.name().into()));
             false
         }
         Credential::Bearer(token) => {
@@ -1033,9 +1035,9 @@ fn admit(
             caller.tenant = Some(principal.tenant.clone());
             caller.subject = principal.subject.clone();
             keys::required_permission(head.method, head.path_with_query)?;
-            identity.push(("x-sigma-tenant", principal.tenant));
+            identity.push(("x-sigma-tenant", principal.tenant.into()));
             if let Some(sub) = principal.subject {
-                identity.push(("x-sigma-subject", sub));
+                identity.push(("x-sigma-subject", sub.into()));
             }
             true
         }
@@ -1067,23 +1069,24 @@ fn resource(
     let remove = not_forwarded(head.headers, |name| {
         is_owned(name) || (!keep_authorization && name == "authorization")
     });
-    let mut add: Headers = Vec::with_capacity(identity.len() + 3);
-    add.extend(
-        identity
-            .into_iter()
-            .map(|(n, v)| (n.to_owned(), v.into_bytes())),
-    );
-    if let Some(peer) = head.peer {
-        add.push((FORWARDED_FOR.to_owned(), peer.as_bytes().to_vec()));
-    }
+    let forwarded_for = head.peer.map(|peer| (FORWARDED_FOR, peer.as_bytes()));
     let proto: &[u8] = if head.tls { b"https" } else { b"http" };
-    add.push((FORWARDED_PROTO.to_owned(), proto.to_vec()));
-    let hosts: Vec<&[u8]> = head.values("host").collect();
-    if let [host] = hosts.as_slice()
-        && is_plain_authority(host)
-    {
-        add.push((FORWARDED_HOST.to_owned(), host.to_vec()));
-    }
+    let mut hosts = head.values("host");
+    let forwarded_host = match (hosts.next(), hosts.next()) {
+        (Some(host), None) if is_plain_authority(host) => Some((FORWARDED_HOST, host)),
+        _ => None,
+    };
+    let add = PackedHeaders::of(
+        identity.iter().map(|(n, v)| (*n, v.as_bytes())).chain(
+            [
+                forwarded_for,
+                Some((FORWARDED_PROTO, proto)),
+                forwarded_host,
+            ]
+            .into_iter()
+            .flatten(),
+        ),
+    );
     Ok(Outcome::Forward(Forward {
         path_with_query: upstream.path_for(head.path_with_query),
         upstream,

@@ -79,6 +79,63 @@ pub fn pack<'a>(parts: impl Iterator<Item = &'a [u8]> + Clone) -> (Vec<u8>, Vec<
     (bytes, ends)
 }
 
+/// Headers packed as name, value, name, value, ... (see [`pack`]), built
+/// one at a time: the plan's added headers, written once in the form the
+/// WIT `packed` record crosses in. Only [`PackedHeaders::push`] writes it,
+/// so its ends are in order, paired, within the bytes and its names UTF-8.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackedHeaders {
+    bytes: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl PackedHeaders {
+    /// `headers` packed, allocated once: its iterator is walked to size the
+    /// buffers, then again to fill them.
+    pub fn of<'a>(headers: impl Iterator<Item = HeaderRef<'a>> + Clone) -> PackedHeaders {
+        let size = headers.clone().map(|(n, v)| n.len() + v.len()).sum();
+        let mut packed = PackedHeaders {
+            bytes: Vec::with_capacity(size),
+            ends: Vec::with_capacity(2 * headers.clone().count()),
+        };
+        for (name, value) in headers {
+            packed.push(name, value);
+        }
+        packed
+    }
+
+    /// Appends a header. An end past `u32::MAX` (never in wasm32, where
+    /// memory itself ends there) is written as `u32::MAX`, which readers
+    /// across the boundary refuse.
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        for part in [name.as_bytes(), value] {
+            self.bytes.extend_from_slice(part);
+            self.ends
+                .push(u32::try_from(self.bytes.len()).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// The headers, in order.
+    pub fn iter(&self) -> impl Iterator<Item = HeaderRef<'_>> {
+        let mut start = 0;
+        let mut parts = self.ends.iter().map(move |&end| {
+            let end = usize::try_from(end).unwrap_or(usize::MAX);
+            let part = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            part
+        });
+        std::iter::from_fn(move || {
+            let name = std::str::from_utf8(parts.next()?).unwrap_or_default();
+            Some((name, parts.next()?))
+        })
+    }
+
+    /// The bytes and ends, as the WIT `packed` record carries them.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u32>) {
+        (self.bytes, self.ends)
+    }
+}
+
 /// Headers packed as name, value, name, value, ... (see [`pack`]); `None`
 /// if an end goes backwards or past the bytes, a name has no value, or a
 /// name is not UTF-8.
@@ -252,6 +309,22 @@ mod tests {
         assert_eq!(ends, [4, 13, 20, 20, 26, 29]);
         assert_eq!(unpack_headers(&bytes, &ends), Some(headers));
         assert_eq!(unpack_headers(&[], &[]), Some(vec![]));
+    }
+
+    #[test]
+    fn headers_packed_one_at_a_time_read_back_in_order() {
+        let headers = list(&[("host", "a.example"), ("x-empty", ""), ("accept", "*/*")]);
+        let packed = PackedHeaders::of(headers.iter().copied());
+        assert_eq!(packed.iter().collect::<Vec<_>>(), headers);
+        let mut pushed = PackedHeaders::default();
+        for (name, value) in &headers {
+            pushed.push(name, value);
+        }
+        assert_eq!(pushed, packed);
+        let (bytes, ends) = packed.into_parts();
+        assert_eq!(ends, [4, 13, 20, 20, 26, 29]);
+        assert_eq!(unpack_headers(&bytes, &ends), Some(headers));
+        assert_eq!(PackedHeaders::default().iter().count(), 0);
     }
 
     #[test]

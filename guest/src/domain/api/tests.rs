@@ -754,6 +754,48 @@ fn the_gateway_owns_identity_forwarding_and_override_headers() {
 }
 
 #[test]
+fn x_forwarded_host_repeats_only_one_plain_host() {
+    let store = MemoryStore::default();
+    let call = Call {
+        store: &store,
+        settings: settings(),
+    };
+    let (_, raw) = read_key(&call);
+    let cases: [(&[&str], Option<&str>); 5] = [
+        (&["pim.example:8080"], Some("pim.example:8080")),
+        (&[], None),
+        (&["a.example", "b.example"], None),
+        (&["a.example, b.example"], None),
+        (&["a.example/admin"], None),
+    ];
+    for (hosts, expected) in cases {
+        let mut headers = vec![("x-sigma-apikey", raw.as_str())];
+        headers.extend(hosts.iter().map(|h| ("host", *h)));
+        let sent = call.forward("GET", "/api/v1/records", &headers).headers;
+        let forwarded: Vec<&[u8]> = sent
+            .iter()
+            .filter(|(n, _)| n == "x-forwarded-host")
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        let expected: Vec<&[u8]> = expected.iter().map(|h| h.as_bytes()).collect();
+        assert_eq!(forwarded, expected, "{hosts:?}");
+        // The gateway's own headers follow the client's, each once.
+        let names: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+        let own = &names[names.len() - 5 - expected.len()..];
+        assert_eq!(
+            &own[..5],
+            [
+                "x-sigma-tenant",
+                "x-sigma-key-id",
+                "x-sigma-permission",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
+        );
+    }
+}
+
+#[test]
 fn a_failing_store_is_503_store_unavailable_never_an_answer_about_the_key() {
     let store = FailingStore;
     let mut s = settings();
