@@ -260,6 +260,35 @@ pub fn client_headers(raw_key: &str) -> Vec<(String, Vec<u8>)> {
     .collect()
 }
 
+/// Which request the `decide` figures decide on.
+#[derive(Clone, Copy, Debug)]
+pub enum DecideRequest {
+    /// [`DECIDE_PATH`] with [`client_headers`]: what an integration sends.
+    Usual,
+    /// `GET /api/v1/records` with only the key and `Host`: the request the
+    /// `proxy_auth` section and `scripts/count-instructions.sh` send.
+    KeyOnly,
+}
+
+impl DecideRequest {
+    fn path(self) -> &'static str {
+        match self {
+            DecideRequest::Usual => DECIDE_PATH,
+            DecideRequest::KeyOnly => "/api/v1/records",
+        }
+    }
+
+    fn headers(self, raw_key: &str) -> Vec<(String, Vec<u8>)> {
+        match self {
+            DecideRequest::Usual => client_headers(raw_key),
+            DecideRequest::KeyOnly => [("host", "127.0.0.1:8080"), ("x-sigma-apikey", raw_key)]
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+}
+
 /// `headers` as the WIT `packed` record, as the host sends them.
 fn packed(headers: &[(String, Vec<u8>)]) -> bindings::exports::sigma::api_keys::gateway::Packed {
     let (bytes, ends) = sigma_keys_guest::domain::headers::pack(
@@ -279,15 +308,15 @@ struct DecideSetup {
 }
 
 impl DecideSetup {
-    fn new() -> Result<DecideSetup> {
+    fn new(request: DecideRequest) -> Result<DecideSetup> {
         let config = WasiConfigVariables::from_iter([("upstream", DECIDE_UPSTREAM)]);
         let engine = engine()?;
         let component = Component::new(&engine, sigma_keys::runtime::COMPONENT)?;
         let (store, typed, raw_key) = typed_sync(&engine, &component, config)?;
         let head = bindings::exports::sigma::api_keys::gateway::RequestHead {
             method: "GET".into(),
-            path_with_query: DECIDE_PATH.into(),
-            headers: packed(&client_headers(&raw_key)),
+            path_with_query: request.path().into(),
+            headers: packed(&request.headers(&raw_key)),
             peer: Some("198.51.100.7".into()),
             tls: false,
         };
@@ -311,7 +340,7 @@ impl DecideSetup {
 /// [`client_headers`], with `call`: what the component costs the gateway
 /// for each request it lets through, the crossing both ways included.
 pub fn decide(calls: usize, runs: usize) -> Result<f64> {
-    let mut setup = DecideSetup::new()?;
+    let mut setup = DecideSetup::new(DecideRequest::Usual)?;
     crate::median_ns(runs, calls, || setup.call())
 }
 
@@ -320,12 +349,12 @@ pub fn decide(calls: usize, runs: usize) -> Result<f64> {
 /// noise does not move: `valgrind --tool=callgrind sigma-keys-bench
 /// decide-calls N`, then the inclusive counts of `component_decide_loop`
 /// and `native_decide_loop` divided by N.
-pub fn decide_calls(calls: usize) -> Result<()> {
-    let mut setup = DecideSetup::new()?;
+pub fn decide_calls(calls: usize, request: DecideRequest) -> Result<()> {
+    let mut setup = DecideSetup::new(request)?;
     // Warm: the first call reads the settings and fills the guest's heap.
     setup.call()?;
     component_decide_loop(&mut setup, calls)?;
-    let mut native = NativeDecide::new()?;
+    let mut native = NativeDecide::new(request)?;
     native.call()?;
     native_decide_loop(&mut native, calls)
 }
@@ -351,10 +380,11 @@ struct NativeDecide {
     store: sigma_keys_guest::domain::memory::MemoryStore,
     settings: sigma_keys_guest::domain::api::Settings,
     headers: Vec<(String, Vec<u8>)>,
+    path: &'static str,
 }
 
 impl NativeDecide {
-    fn new() -> Result<NativeDecide> {
+    fn new(request: DecideRequest) -> Result<NativeDecide> {
         use sigma_keys_guest::domain::api::Settings;
         use sigma_keys_guest::domain::events::Actor;
         use sigma_keys_guest::domain::keys::{self as domain_keys, NewKey};
@@ -373,11 +403,11 @@ impl NativeDecide {
             upstream: Some(Upstream::parse(DECIDE_UPSTREAM).map_err(|e| anyhow!(e))?),
             ..Settings::default()
         };
-        let headers = client_headers(raw.expose());
         Ok(NativeDecide {
             store,
             settings,
-            headers,
+            headers: request.headers(raw.expose()),
+            path: request.path(),
         })
     }
 
@@ -386,7 +416,7 @@ impl NativeDecide {
         let headers = sigma_keys_guest::domain::headers::borrowed(&self.headers);
         let head = RequestHead {
             method: "GET",
-            path_with_query: DECIDE_PATH,
+            path_with_query: self.path,
             headers: &headers,
             peer: Some("198.51.100.7"),
             tls: false,
@@ -402,7 +432,7 @@ impl NativeDecide {
 /// Median ns per `api::decide` of the same request, natively: the domain
 /// work the component's `decide` wraps.
 pub fn native_decide(calls: usize, runs: usize) -> Result<f64> {
-    let mut native = NativeDecide::new()?;
+    let mut native = NativeDecide::new(DecideRequest::Usual)?;
     crate::median_ns(runs, calls, || native.call())
 }
 

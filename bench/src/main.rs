@@ -254,10 +254,29 @@ fn main() -> Result<()> {
                 .parse()?;
             return servers::plain_proxy_per_core(upstream);
         }
-        // `gateway.decide` in a loop, for callgrind (see boundary::decide_calls).
+        // The key comes in the environment, not the command line.
+        Some("native-gateway-per-core") => {
+            let upstream: SocketAddr = std::env::args()
+                .nth(2)
+                .context("native-gateway-per-core HOST:PORT")?
+                .parse()?;
+            let raw = std::env::var(NATIVE_GATEWAY_KEY)
+                .with_context(|| format!("native-gateway-per-core needs {NATIVE_GATEWAY_KEY}"))?;
+            return servers::native_gateway_per_core(upstream, &raw);
+        }
+        // `gateway.decide` in a loop, for callgrind (see boundary::decide_calls);
+        // `key-only` decides on the gateway sections' request instead.
         Some("decide-calls") => {
-            let calls: usize = std::env::args().nth(2).context("decide-calls N")?.parse()?;
-            return boundary::decide_calls(calls);
+            let calls: usize = std::env::args()
+                .nth(2)
+                .context("decide-calls N [key-only]")?
+                .parse()?;
+            let request = match std::env::args().nth(3).as_deref() {
+                None => boundary::DecideRequest::Usual,
+                Some("key-only") => boundary::DecideRequest::KeyOnly,
+                Some(other) => bail!("decide-calls N [key-only]: unknown request {other}"),
+            };
+            return boundary::decide_calls(calls, request);
         }
         _ => {}
     }
@@ -805,6 +824,9 @@ fn lua_post(dir: &Path, name: &str, body: &str, headers: &[(&str, &str)]) -> Res
 
 // ---- 2. proxying with authentication ------------------------------------
 
+/// The variable that hands the native gateway baseline its raw key.
+const NATIVE_GATEWAY_KEY: &str = "SIGMA_KEYS_BENCH_RAW_KEY";
+
 fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     let secs = if o.quick { 2 } else { 5 };
     // Every server is a process of its own, so none shares threads with
@@ -827,6 +849,15 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         sigma,
         key,
     } = Gateway::start(o, upstream)?;
+    // The same key checked by the domain compiled natively, in the host.
+    let native_gateway = child(
+        Command::new(std::env::current_exe()?)
+            .args(["native-gateway-per-core", &upstream.to_string()])
+            .env(
+                NATIVE_GATEWAY_KEY,
+                key.strip_prefix("X-Sigma-ApiKey: ").unwrap_or(&key),
+            ),
+    )?;
     // The same database and key, with metrics recorded (`--admin-listen`).
     let metered = serve(
         &o.server,
@@ -838,7 +869,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
     // (name, URL, headers, whether only 2xx counts, note). The last one is the
     // same server, key and authentication on a path that is no resource (a
     // 404 from the component): everything but the forwarding leg.
-    let cases: [LoadCase<'_>; 7] = [
+    let cases: [LoadCase<'_>; 8] = [
         (
             "proxy_auth.upstream_direct",
             format!("http://{upstream}/api/v1/records"),
@@ -866,6 +897,13 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
             &[][..],
             true,
             "nginx (Debian) proxy_pass with upstream keep-alive, 2 workers, no auth",
+        ),
+        (
+            "proxy_auth.native_gateway_per_core",
+            format!("http://{}/api/v1/records", native_gateway.addr),
+            &[key.as_str()][..],
+            true,
+            "the per-core proxy checking the same key with the domain's decide compiled natively (no component, in-memory store): the floor of any design of this check on this stack",
         ),
         (
             "proxy_auth.sigma_keys",
@@ -896,6 +934,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         .map(|(name, ..)| match *name {
             "proxy_auth.plain_proxy" => Some(plain_proxy.child.id()),
             "proxy_auth.plain_proxy_per_core" => Some(per_core_proxy.child.id()),
+            "proxy_auth.native_gateway_per_core" => Some(native_gateway.child.id()),
             "proxy_auth.sigma_keys" | "proxy_auth.sigma_keys_no_forward" => Some(sigma.child.id()),
             _ => None,
         })
@@ -909,6 +948,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         Some(direct_i),
         Some(metered_i),
         Some(per_core_i),
+        Some(native_i),
     ) = (
         index("proxy_auth.sigma_keys"),
         index("proxy_auth.plain_proxy"),
@@ -917,6 +957,7 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         index("proxy_auth.upstream_direct"),
         index("proxy_auth.sigma_keys_metrics"),
         index("proxy_auth.plain_proxy_per_core"),
+        index("proxy_auth.native_gateway_per_core"),
     )
     else {
         bail!("a proxy_auth case is missing");
@@ -952,12 +993,17 @@ fn proxy_auth(o: &Options, runs: usize, report: &mut Report) -> Result<()> {
         (nginx_i, Some(0.75)),
         (direct_i, None),
         (per_core_i, None),
+        (native_i, None),
     ] {
         ratio_within_rounds(report, &cases, &rounds, (sigma_i, baseline), runs, target);
     }
     // The floor of this stack: a hyper forwarder on sigma-keys' threads that
     // checks nothing, against nginx.
     ratio_within_rounds(report, &cases, &rounds, (per_core_i, nginx_i), runs, None);
+    // The floor of any design of the check on this stack: the domain's
+    // decide run natively in that forwarder, against nginx and against it.
+    ratio_within_rounds(report, &cases, &rounds, (native_i, nginx_i), runs, None);
+    ratio_within_rounds(report, &cases, &rounds, (native_i, per_core_i), runs, None);
     let p99 = report
         .value("proxy_auth.sigma_keys.p99")
         .context("proxy_auth.sigma_keys.p99 was not measured")?;

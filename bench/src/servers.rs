@@ -71,11 +71,152 @@ pub async fn plain_proxy(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
 /// on the same threads as sigma-keys does when it checks nothing: the floor
 /// of this stack, against nginx. Blocks serving; prints the address first.
 pub fn plain_proxy_per_core(upstream: SocketAddr) -> anyhow::Result<()> {
+    per_core("plain proxy per core", move |client, _| {
+        move |req| forward(client.clone(), upstream, req)
+    })
+}
+
+/// [`plain_proxy_per_core`] deciding each request with the domain's
+/// `api::decide` compiled natively, over an in-memory store holding
+/// `raw_key`'s record, and applying its plan as sigma-keys' host does
+/// (remove, `Host`, add; every name and value validated). The same check
+/// with no WebAssembly, no component boundary and no database: what this
+/// stack would do if the key logic ran in the host, the floor for any
+/// design of it. Blocks serving; prints the address first.
+pub fn native_gateway_per_core(upstream: SocketAddr, raw_key: &str) -> anyhow::Result<()> {
+    use sigma_keys_guest::domain::keys::KeyRecord;
+    use sigma_keys_guest::domain::permission::Permission;
+    use sigma_keys_guest::domain::raw_key::RawKey;
+    let hash = RawKey::parse(raw_key)
+        .map_err(|e| anyhow::anyhow!("the key: {e:?}"))?
+        .hash();
+    let record = KeyRecord {
+        id: "apikey-nativebaseline00".into(),
+        tenant: "bench".into(),
+        name: "bench".into(),
+        permissions: vec![Permission::Read],
+        created_at: 0,
+        last_used_at: None,
+        deactivated_at: None,
+        expires_at: None,
+    };
+    let upstream_setting =
+        sigma_keys_guest::domain::upstream::Upstream::parse(&format!("http://{upstream}"))
+            .map_err(|e| anyhow::anyhow!(e))?;
+    let settings = std::sync::Arc::new(sigma_keys_guest::domain::api::Settings {
+        upstream: Some(upstream_setting),
+        ..Default::default()
+    });
+    per_core("native gateway per core", move |client, peer| {
+        // One store per connection, so its lock is never contended.
+        let store = sigma_keys_guest::domain::memory::MemoryStore::default();
+        store.rows.borrow_mut().push((record.clone(), hash));
+        let store = std::sync::Arc::new(std::sync::Mutex::new(store));
+        let settings = settings.clone();
+        let peer = peer.ip().to_string();
+        move |req| {
+            let decision = decide_natively(&store, &settings, &peer, &req);
+            gate(client.clone(), decision, req)
+        }
+    })
+}
+
+/// The domain's decision about `req`, natively.
+fn decide_natively(
+    store: &std::sync::Mutex<sigma_keys_guest::domain::memory::MemoryStore>,
+    settings: &sigma_keys_guest::domain::api::Settings,
+    peer: &str,
+    req: &Request<Incoming>,
+) -> Option<sigma_keys_guest::domain::api::Decision> {
+    use sigma_keys_guest::domain::api::{Caller, RequestHead, decide};
+    let headers: Vec<(&str, &[u8])> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let head = RequestHead {
+        method: req.method().as_str(),
+        path_with_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        headers: &headers,
+        peer: Some(peer),
+        tls: false,
+    };
+    let store = store.lock().ok()?;
+    Some(decide(&*store, settings, &head, &mut Caller::default()))
+}
+
+/// Applies `decision` to `req`: forwarded as planned, or answered.
+async fn gate(
+    client: Client<HttpConnector, Incoming>,
+    decision: Option<sigma_keys_guest::domain::api::Decision>,
+    req: Request<Incoming>,
+) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>, Infallible> {
+    use sigma_keys_guest::domain::api::Decision;
+    let status = |code: u16, body: Vec<u8>| {
+        let mut r = Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *r.status_mut() =
+            hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+        Ok(r)
+    };
+    let plan = match decision {
+        Some(Decision::Forward(plan)) => plan,
+        Some(Decision::Reply(reply)) => {
+            let (code, _, body) = reply.to_http();
+            return status(code, body);
+        }
+        _ => return status(502, Vec::new()),
+    };
+    let (mut parts, body) = req.into_parts();
+    for name in &plan.remove {
+        parts.headers.remove(name.as_str());
+    }
+    let (Ok(host), Ok(uri)) = (
+        hyper::header::HeaderValue::from_str(&plan.upstream.authority),
+        format!("http://{}{}", plan.upstream.authority, plan.path_with_query).parse::<hyper::Uri>(),
+    ) else {
+        return status(502, Vec::new());
+    };
+    parts.headers.insert(hyper::header::HOST, host);
+    for (name, value) in plan.add.iter() {
+        let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_bytes(value),
+        ) else {
+            return status(502, Vec::new());
+        };
+        parts.headers.append(name, value);
+    }
+    parts.uri = uri;
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(resp) => Ok(resp.map(|b| b.boxed())),
+        Err(_) => status(502, Vec::new()),
+    }
+}
+
+/// Serves as sigma-keys does: one thread accepts and hands each connection,
+/// round robin, to one of N threads (N = cores), each with a
+/// single-threaded runtime and its own pooled upstream client. `service`
+/// makes each connection's request handler from that client and the
+/// client's address. Blocks serving; prints "`label` listening on" and the
+/// address first.
+fn per_core<M, H, Fut>(label: &str, service: M) -> anyhow::Result<()>
+where
+    M: Fn(Client<HttpConnector, Incoming>, SocketAddr) -> H + Clone + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: std::future::Future<
+            Output = Result<
+                Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>,
+                Infallible,
+            >,
+        > + Send
+        + 'static,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    println!(
-        "plain proxy per core listening on http://{}",
-        listener.local_addr()?
-    );
+    println!("{label} listening on http://{}", listener.local_addr()?);
     let count = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut workers = Vec::with_capacity(count);
     for _ in 0..count {
@@ -83,6 +224,7 @@ pub fn plain_proxy_per_core(upstream: SocketAddr) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let service = service.clone();
         std::thread::spawn(move || {
             runtime.block_on(async move {
                 let mut connector = HttpConnector::new();
@@ -93,13 +235,13 @@ pub fn plain_proxy_per_core(upstream: SocketAddr) -> anyhow::Result<()> {
                     let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                         continue;
                     };
-                    let client = client.clone();
+                    let Ok(peer) = stream.peer_addr() else {
+                        continue;
+                    };
+                    let handler = service(client.clone(), peer);
                     tokio::spawn(async move {
                         let _ = http1::Builder::new()
-                            .serve_connection(
-                                TokioIo::new(stream),
-                                service_fn(move |req| forward(client.clone(), upstream, req)),
-                            )
+                            .serve_connection(TokioIo::new(stream), service_fn(handler))
                             .await;
                     });
                 }
