@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+// sigma-keys' own allocator (host/src/main.rs), for like-for-like baselines.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod boundary;
 mod native_db;
 mod servers;
