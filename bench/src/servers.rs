@@ -15,17 +15,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+/// What every handler here answers.
+type Answer =
+    Result<Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>, Infallible>;
+
 /// Serves `handler` on a fresh loopback port.
 async fn listen<F, Fut>(handler: F) -> anyhow::Result<SocketAddr>
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<
-            Output = Result<
-                Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>,
-                Infallible,
-            >,
-        > + Send
-        + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -150,7 +148,7 @@ async fn gate(
     client: Client<HttpConnector, Incoming>,
     decision: Option<sigma_keys_guest::domain::api::Decision>,
     req: Request<Incoming>,
-) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>, Infallible> {
+) -> Answer {
     use sigma_keys_guest::domain::api::Decision;
     let status = |code: u16, body: Vec<u8>| {
         let mut r = Response::new(
@@ -207,13 +205,7 @@ fn per_core<M, H, Fut>(label: &str, service: M) -> anyhow::Result<()>
 where
     M: Fn(Client<HttpConnector, Incoming>, SocketAddr) -> H + Clone + Send + 'static,
     H: Fn(Request<Incoming>) -> Fut + Send + 'static,
-    Fut: std::future::Future<
-            Output = Result<
-                Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>,
-                Infallible,
-            >,
-        > + Send
-        + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     println!("{label} listening on http://{}", listener.local_addr()?);
@@ -264,7 +256,7 @@ async fn forward(
     client: Client<HttpConnector, Incoming>,
     upstream: SocketAddr,
     mut req: Request<Incoming>,
-) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>, Infallible> {
+) -> Answer {
     let path = req
         .uri()
         .path_and_query()
